@@ -1,0 +1,38 @@
+# edgeml: everything starts from a bare python3.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST := $(BIN)/python -m pytest
+
+.PHONY: install demo test test-fast test-slow test-arm lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[host,sign,broker,dev]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python -m edgeml.demo
+
+lint: install
+	$(BIN)/ruff check edgeml tests bench
+	$(BIN)/mypy edgeml
+
+test: install lint
+	$(PYTEST) -q
+
+test-slow: install
+	$(PYTEST) -q -m slow
+
+test-arm: install
+	$(PYTEST) -q -m arm -p no:cacheprovider
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

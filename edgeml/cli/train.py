@@ -1,0 +1,7 @@
+"""CLI commands of the train layer."""
+
+from __future__ import annotations
+
+import click  # noqa: F401
+
+from edgeml.cli.base import cli  # noqa: F401

@@ -1,0 +1,268 @@
+"""Recipes: the declarative description of a training job (``models/*.yaml``).
+
+A recipe loads into a frozen, validated :class:`Recipe`. Every error names the
+file and the field, e.g. ``models/x.yaml: split.holdout: must be < 1``.
+
+Annotated example (see README for the full reference)::
+
+    name: penguins                  # registry name: [a-z0-9][a-z0-9-]*
+    task: classification            # classification | regression | anomaly
+    data:
+      source: data/penguins.csv     # path relative to the recipe, or sklearn:iris, or sqlite:path.db
+      target: species
+      columns: {island: categorical}  # optional kinds: numeric | categorical | text
+      drop: [year]
+    preprocess:
+      numeric: {impute: median, scale: standard}
+      categorical: {impute: most_frequent, encode: onehot}
+    split: {holdout: 0.2, stratify: true, cv: 5, seed: 42}
+    search: {method: grid, scoring: f1_macro}
+    candidates:
+      - family: random_forest
+        params: {n_estimators: [50, 100]}
+    gates: {f1_macro: ">= 0.90"}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgeml.errors import NotFoundError, RecipeError
+
+__all__ = [
+    "CandidateSpec",
+    "CategoricalSpec",
+    "DataSpec",
+    "FeaturesSpec",
+    "Gate",
+    "NumericSpec",
+    "PreprocessSpec",
+    "Recipe",
+    "SearchSpec",
+    "SplitSpec",
+    "TextSpec",
+    "load_recipe",
+    "parse_recipe",
+]
+
+Task = Literal["classification", "regression", "anomaly"]
+ColumnKind = Literal["numeric", "categorical", "text"]
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+GATE_RE = re.compile(r"^\s*(>=|<=|>|<|==)\s*(-?[0-9.]+(?:[eE]-?[0-9]+)?)\s*$")
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Spec):
+    """Where the data comes from and which column is the target."""
+
+    source: str
+    format: Literal["auto", "csv", "parquet", "jsonl", "sqlite", "sklearn"] = "auto"
+    table: str | None = None
+    query: str | None = None
+    target: str | None = None
+    columns: dict[str, ColumnKind] = Field(default_factory=dict)
+    drop: tuple[str, ...] = ()
+
+
+class NumericSpec(_Spec):
+    impute: Literal["mean", "median", "constant"] = "median"
+    fill_value: float = 0.0
+    scale: Literal["standard", "minmax", "robust", "none"] = "standard"
+    clip_outliers: float | None = Field(
+        default=None, gt=0, description="clip to mean +- k standard deviations (fitted on train)"
+    )
+
+
+class CategoricalSpec(_Spec):
+    impute: Literal["most_frequent", "constant"] = "most_frequent"
+    fill_value: str = "missing"
+    encode: Literal["onehot", "ordinal"] = "onehot"
+
+
+class TextSpec(_Spec):
+    lowercase: bool = True
+    strip_punctuation: bool = True
+    strip_digits: bool = True
+    ngram_range: tuple[int, int] = (1, 1)
+    max_features: int | None = Field(default=5000, gt=0)
+    min_df: int = Field(default=1, ge=1)
+    sublinear_tf: bool = False
+
+    @field_validator("ngram_range")
+    @classmethod
+    def _ngrams(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= v[0] <= v[1] <= 3:
+            raise ValueError("must be [low, high] with 1 <= low <= high <= 3")
+        return v
+
+
+class PreprocessSpec(_Spec):
+    numeric: NumericSpec = NumericSpec()
+    categorical: CategoricalSpec = CategoricalSpec()
+    text: TextSpec = TextSpec()
+
+
+class SelectSpec(_Spec):
+    method: Literal["variance", "kbest_anova", "kbest_mutual_info", "model"]
+    k: int | None = Field(default=None, gt=0)
+    threshold: float | None = None
+
+
+class PolynomialSpec(_Spec):
+    degree: int = Field(default=2, ge=2, le=3)
+    interaction_only: bool = False
+
+
+class PCASpec(_Spec):
+    n_components: int = Field(gt=0)
+
+
+class FeaturesSpec(_Spec):
+    polynomial: PolynomialSpec | None = None
+    select: SelectSpec | None = None
+    pca: PCASpec | None = None
+
+
+class SplitSpec(_Spec):
+    holdout: float = Field(default=0.2, gt=0, lt=1)
+    stratify: bool = True
+    cv: int = Field(default=5, ge=2, le=20)
+    seed: int = 42
+    time_column: str | None = None
+
+
+class SearchSpec(_Spec):
+    method: Literal["grid", "random", "halving"] = "grid"
+    n_iter: int = Field(default=20, gt=0)
+    scoring: str | None = None
+    n_jobs: int = 1
+
+
+class CandidateSpec(_Spec):
+    """One model family and its search space: each param maps to a list of values to try."""
+
+    family: str
+    params: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: val if isinstance(val, list) else [val] for k, val in v.items()}
+        return v
+
+
+class Gate(_Spec):
+    metric: str
+    op: Literal[">=", "<=", ">", "<", "=="]
+    threshold: float
+
+    def check(self, value: float) -> bool:
+        return {
+            ">=": value >= self.threshold,
+            "<=": value <= self.threshold,
+            ">": value > self.threshold,
+            "<": value < self.threshold,
+            "==": value == self.threshold,
+        }[self.op]
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.threshold:g}"
+
+
+class Recipe(_Spec):
+    name: str
+    description: str = ""
+    task: Task
+    data: DataSpec
+    preprocess: PreprocessSpec = PreprocessSpec()
+    features: FeaturesSpec = FeaturesSpec()
+    split: SplitSpec = SplitSpec()
+    search: SearchSpec = SearchSpec()
+    candidates: tuple[CandidateSpec, ...] = Field(min_length=1)
+    gates: tuple[Gate, ...] = ()
+    # Set by the loader, not by the file.
+    path: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("must be lowercase letters, digits and '-', starting with a letter or digit")
+        return v
+
+    @field_validator("gates", mode="before")
+    @classmethod
+    def _gates(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            gates = []
+            for metric, expr in v.items():
+                m = GATE_RE.match(str(expr))
+                if not m:
+                    raise ValueError(f"{metric}: {expr!r} is not a comparison like '>= 0.9'")
+                gates.append({"metric": metric, "op": m.group(1), "threshold": float(m.group(2))})
+            return gates
+        return v
+
+    @model_validator(mode="after")
+    def _task_needs(self) -> Recipe:
+        if self.task in ("classification", "regression") and not self.data.target:
+            raise ValueError(f"data.target is required for task {self.task}")
+        return self
+
+    @property
+    def base_dir(self) -> Path:
+        """Folder that relative data paths are resolved against."""
+        return self.path.parent if self.path else Path.cwd()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"path"})
+
+    def sha256(self) -> str:
+        """Hash of the recipe's normalized content (not of the file's formatting)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def parse_recipe(raw: Any, path: Path | str = "<recipe>") -> Recipe:
+    """Validate a recipe already parsed from YAML; errors name ``path`` and the field."""
+    if not isinstance(raw, dict):
+        raise RecipeError(path, "a recipe must be a YAML mapping")
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        raise RecipeError(path, msg, _field_path(err["loc"]) or None) from exc
+    return recipe.model_copy(update={"path": Path(path)}) if str(path) != "<recipe>" else recipe
+
+
+def load_recipe(path: Path | str) -> Recipe:
+    """Read and validate ``path``."""
+    p = Path(path)
+    if not p.is_file():
+        raise NotFoundError(f"recipe not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(p, f"not valid YAML: {exc}") from exc
+    return parse_recipe(raw, p)
