@@ -211,7 +211,7 @@ def _req(raw: dict[str, Any], key: str, typ: type) -> Any:
     if key not in raw:
         raise BundleError(f"{MANIFEST}: {key}: missing")
     value = raw[key]
-    if typ is int and isinstance(value, bool) or not isinstance(value, typ):
+    if (typ is int and isinstance(value, bool)) or not isinstance(value, typ):
         raise BundleError(f"{MANIFEST}: {key}: expected {typ.__name__}, got {type(value).__name__}")
     return value
 
