@@ -118,6 +118,7 @@ class Manifest:
     reference_profile: dict[str, Any] = field(default_factory=dict)  # see edgeml.train.profile
     provenance: dict[str, Any] = field(default_factory=dict)  # recipe_sha256, data_sha256, ...
     quantization: dict[str, Any] = field(default_factory=dict)
+    install: dict[str, Any] = field(default_factory=dict)  # how the target gets the runtime
     format_version: int = FORMAT_VERSION
 
     # -- (de)serialization -------------------------------------------------
@@ -167,6 +168,7 @@ class Manifest:
                 reference_profile=raw.get("reference_profile") or {},
                 provenance=raw.get("provenance") or {},
                 quantization=raw.get("quantization") or {},
+                install=raw.get("install") or {},
             )
         except TypeError as exc:  # pragma: no cover - guarded by _build
             raise BundleError(f"{MANIFEST}: {exc}") from exc

@@ -1,7 +1,74 @@
-"""CLI commands of the explore layer."""
+"""CLI commands for looking at data and models: ``edgeml explore`` and ``edgeml evaluate``.
+
+Thin shell: parse arguments, call :func:`edgeml.train.explore.explore` or
+:func:`edgeml.train.evaluate.evaluate_model`, render tables (rich) or JSON.
+Host libraries are imported inside the command bodies.
+"""
 
 from __future__ import annotations
 
-import click  # noqa: F401
+from pathlib import Path
 
-from edgeml.cli.base import cli  # noqa: F401
+import click
+
+from edgeml.cli.base import cli, json_option, print_json, registry_dir, registry_option
+
+
+@cli.command("explore")
+@click.argument("data")
+@click.option("--target", default=None, help="Target column: adds class balance, associations and leakage hints.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a self-contained HTML report to this file.")
+@click.option("--table", default=None, help="Table of a SQLite file (not needed if it has only one).")
+@json_option
+def explore_command(data: str, target: str | None, report: Path | None, table: str | None,
+                    as_json: bool) -> None:
+    """Profile DATA (a .csv/.parquet/.jsonl/.db file or sklearn:NAME) before writing a recipe.
+
+    Shows kinds, missing values, statistics, distributions, class balance, correlations
+    and hints of target leakage, id-like and constant columns.
+
+    \b
+    Examples:
+      edgeml explore models/data/penguins.csv --target species
+      edgeml explore models/data/machine_health.csv --target fault --report health.html
+      edgeml explore sklearn:iris --json
+    """
+    from rich.console import Console
+
+    from edgeml.train.explore import explore
+    from edgeml.train.explore_report import render_explore
+
+    result = explore(data, target=target, report=report, table=table)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        render_explore(result, Console())
+
+
+@cli.command("evaluate")
+@click.argument("model_ref")
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Evaluate on this data file (default: the model's stored holdout).")
+@registry_option
+@json_option
+def evaluate_command(model_ref: str, data: Path | None, registry: str | None, as_json: bool) -> None:
+    """Re-evaluate a registered model (NAME or NAME@VERSION) on new data or its holdout.
+
+    The data needs the model's feature columns and, except for anomaly models, its target
+    column. Metrics are shown next to the ones recorded at training time.
+
+    \b
+    Examples:
+      edgeml evaluate penguins
+      edgeml evaluate penguins@1 --data new-penguins.csv --json
+    """
+    from rich.console import Console
+
+    from edgeml.train.evaluate import evaluate_model, render_evaluation
+
+    result = evaluate_model(model_ref, registry=registry_dir(registry), data=data)
+    if as_json:
+        print_json(result)
+    else:
+        render_evaluation(result, Console())

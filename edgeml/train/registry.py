@@ -1,0 +1,272 @@
+"""The model registry: ``<root>/<name>/<version>/`` folders, versions 1, 2, 3... never overwritten.
+
+Each version holds ``model.json`` (schema_version 1, see TEAM.md), ``pipeline.joblib``
+(host only), ``holdout.parquet`` (raw feature frame + target column) and
+``report.html``. A version is built in ``<root>/<name>/.tmp-<random>/`` and renamed
+into place in one ``os.rename``; when another process took that number first, the
+folder is rebuilt for the next number. Readers never see a half-written version.
+
+References: ``name`` (latest version) or ``name@3``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from edgeml.errors import NotFoundError, RegistryError, UsageError
+
+__all__ = ["Entry", "Registry", "compare_entries", "parse_ref", "summarize_entry"]
+
+MODEL_JSON = "model.json"
+PIPELINE = "pipeline.joblib"
+HOLDOUT = "holdout.parquet"
+REPORT = "report.html"
+REF_RE = re.compile(r"^([a-z0-9][a-z0-9-]*)(?:@([0-9]+))?$")
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """``"name"`` -> ``(name, None)``; ``"name@3"`` -> ``(name, 3)``."""
+    m = REF_RE.match(ref.strip())
+    if not m:
+        raise UsageError(f"invalid model reference {ref!r}; expected NAME or NAME@VERSION")
+    return m.group(1), int(m.group(2)) if m.group(2) else None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered model version."""
+
+    name: str
+    version: int
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def file(self, key: str) -> Path:
+        """Path of a file named in ``meta["files"]`` (pipeline, holdout, report)."""
+        default = {"pipeline": PIPELINE, "holdout": HOLDOUT, "report": REPORT}.get(key, key)
+        return self.path / str(self.meta.get("files", {}).get(key, default))
+
+    def load_pipeline(self) -> Any:
+        """The fitted scikit-learn pipeline (host only: this unpickles)."""
+        import joblib
+
+        p = self.file("pipeline")
+        try:
+            return joblib.load(p)
+        except FileNotFoundError as exc:
+            raise RegistryError(f"{self.ref}: {p.name} is missing") from exc
+        except Exception as exc:  # corrupted or from an incompatible scikit-learn
+            raise RegistryError(f"{self.ref}: cannot load {p.name}: {exc}") from exc
+
+    def load_holdout(self) -> tuple[pd.DataFrame, pd.Series | None]:
+        """Holdout features (raw feature frame, ``features`` order and dtypes) and target."""
+        p = self.file("holdout")
+        try:
+            frame = pd.read_parquet(p)
+        except FileNotFoundError as exc:
+            raise RegistryError(f"{self.ref}: {p.name} is missing") from exc
+        except Exception as exc:
+            raise RegistryError(f"{self.ref}: cannot read {p.name}: {exc}") from exc
+        features = self.meta.get("features", [])
+        cols = [f["name"] for f in features]
+        missing = [c for c in cols if c not in frame.columns]
+        if missing:
+            raise RegistryError(f"{self.ref}: {p.name} lacks feature columns {missing}")
+        X = pd.DataFrame(index=frame.index)
+        for f in features:
+            col = frame[f["name"]]
+            if f["kind"] == "numeric":
+                X[f["name"]] = col.astype("float64")
+            else:
+                X[f["name"]] = pd.Series(
+                    ["" if pd.isna(v) else str(v) for v in col], index=frame.index, dtype=object
+                )
+        target = (self.meta.get("target") or {}).get("name")
+        y = frame[target] if target and target in frame.columns else None
+        if y is not None and (self.meta.get("target") or {}).get("classes") is not None:
+            y = pd.Series([str(v) for v in y], index=frame.index, dtype=object, name=target)
+        return X, y
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((folder / MODEL_JSON).read_text())
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"unreadable {folder / MODEL_JSON}: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise RegistryError(f"{folder / MODEL_JSON} is not a JSON object")
+    return meta
+
+
+class Registry:
+    """A folder of registered models."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and REF_RE.match(p.name))
+
+    def versions(self, name: str) -> list[int]:
+        folder = self.root / name
+        if not folder.is_dir():
+            return []
+        return sorted(
+            int(p.name)
+            for p in folder.iterdir()
+            if p.name.isdigit() and (p / MODEL_JSON).is_file()
+        )
+
+    def _entry(self, name: str, version: int) -> Entry:
+        path = self.root / name / str(version)
+        return Entry(name=name, version=version, path=path, meta=_read_meta(path))
+
+    def list(self, name: str | None = None) -> list[Entry]:
+        """Every entry (or every version of ``name``), sorted by name then version."""
+        names = [name] if name is not None else self.names()
+        return [self._entry(n, v) for n in names for v in self.versions(n)]
+
+    def _available(self) -> str:
+        parts = [f"{n} ({', '.join(map(str, self.versions(n)))})" for n in self.names()]
+        parts = [p for p in parts if not p.endswith("()")]
+        return "; ".join(parts) if parts else "nothing registered yet"
+
+    def resolve(self, ref: str) -> Entry:
+        """The entry for ``name`` (latest version) or ``name@version``."""
+        name, version = parse_ref(ref)
+        versions = self.versions(name)
+        if not versions:
+            raise NotFoundError(
+                f"no model {name!r} in registry {self.root}; available: {self._available()}"
+            )
+        if version is None:
+            version = versions[-1]
+        elif version not in versions:
+            raise NotFoundError(
+                f"{name}@{version} not found in registry {self.root}; versions of {name}: "
+                + ", ".join(map(str, versions))
+            )
+        return self._entry(name, version)
+
+    def register(self, name: str, write: Callable[[Path, int], None]) -> Entry:
+        """Create the next version of ``name``: ``write(folder, version)`` fills the folder.
+
+        The folder is a temporary one; it becomes ``<root>/<name>/<version>`` atomically.
+        If ``write`` raises, nothing is registered and the temporary folder is removed.
+        """
+        parse_ref(name)
+        base = self.root / name
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RegistryError(f"cannot create {base}: {exc}") from exc
+        for _attempt in range(100):
+            version = max(self.versions(name) + [int(p.name) for p in base.iterdir()
+                                                  if p.name.isdigit()], default=0) + 1
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=base))
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; a version folder is not
+            try:
+                write(tmp, version)
+                if not (tmp / MODEL_JSON).is_file():
+                    raise RegistryError(f"registering {name}: no {MODEL_JSON} was written")
+                try:
+                    os.rename(tmp, base / str(version))
+                except OSError:
+                    if (base / str(version)).exists():
+                        continue  # someone else took this number: rebuild for the next one
+                    raise
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+            return self._entry(name, version)
+        raise RegistryError(f"could not allocate a version folder under {base}")
+
+
+def summarize_entry(entry: Entry) -> dict[str, Any]:
+    """The stable one-line summary used by ``edgeml models list``."""
+    m = entry.meta
+    model = m.get("model", {})
+    data = m.get("data", {})
+    return {
+        "ref": entry.ref,
+        "name": entry.name,
+        "version": entry.version,
+        "task": m.get("task"),
+        "created_at": m.get("created_at"),
+        "family": model.get("family"),
+        "scoring": model.get("scoring"),
+        "cv_mean": model.get("cv_mean"),
+        "holdout": {k: v for k, v in m.get("metrics", {}).get("holdout", {}).items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        "data_sha256": data.get("sha256"),
+        "path": str(entry.path),
+    }
+
+
+def _diff(a: Any, b: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"a": a, "b": b, "same": a == b}
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        out["delta"] = b - a
+    return out
+
+
+def compare_entries(a: Entry, b: Entry) -> dict[str, Any]:
+    """Side-by-side comparison of two entries and the list of what differs."""
+    ma, mb = a.meta, b.meta
+
+    def numeric_metrics(m: dict[str, Any]) -> dict[str, Any]:
+        hold = m.get("metrics", {}).get("holdout", {})
+        return {k: v for k, v in hold.items() if isinstance(v, (int, float))
+                and not isinstance(v, bool)}
+
+    met_a, met_b = numeric_metrics(ma), numeric_metrics(mb)
+    par_a = ma.get("model", {}).get("params", {})
+    par_b = mb.get("model", {}).get("params", {})
+    sections: dict[str, dict[str, Any]] = {
+        "metrics": {k: _diff(met_a.get(k), met_b.get(k)) for k in sorted({*met_a, *met_b})},
+        "params": {k: _diff(par_a.get(k), par_b.get(k)) for k in sorted({*par_a, *par_b})},
+    }
+    facts = {
+        "task": ("task",),
+        "family": ("model", "family"),
+        "scoring": ("model", "scoring"),
+        "cv_mean": ("model", "cv_mean"),
+        "data_sha256": ("data", "sha256"),
+        "data_rows": ("data", "rows_used"),
+        "recipe_sha256": ("recipe_sha256",),
+        "features": ("features",),
+    }
+    general: dict[str, Any] = {}
+    for key, keys in facts.items():
+        va: Any = ma
+        vb: Any = mb
+        for k in keys:
+            va = va.get(k) if isinstance(va, dict) else None
+            vb = vb.get(k) if isinstance(vb, dict) else None
+        if key == "features":
+            va = [f.get("name") for f in va or []]
+            vb = [f.get("name") for f in vb or []]
+        general[key] = _diff(va, vb)
+    sections["general"] = general
+    differences = [f"{sec}.{k}" for sec in ("general", "params", "metrics")
+                   for k, v in sections[sec].items() if not v["same"]]
+    return {"a": a.ref, "b": b.ref, **sections, "differences": differences}
