@@ -1,0 +1,25 @@
+"""Run every benchmark in bench/ in turn (``make bench``); each prints its own medians and ratios."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHES = ["bench_predictor.py", "bench_http.py", "bench_telemetry.py", "bench_bundle.py"]
+
+
+def main() -> int:
+    here = Path(__file__).resolve().parent
+    failed = []
+    for name in BENCHES:
+        print(f"\n=== {name} ===", flush=True)
+        if subprocess.run([sys.executable, str(here / name)], check=False).returncode != 0:
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
