@@ -123,6 +123,10 @@ def bench_recipe(recipe: Path, target: str, runs: int, work: Path) -> list[dict[
     ]
 
 
+def _ratio(r: dict[str, Any], f: dict[str, Any] | None, key: str) -> str:
+    return f"{r[key] / f[key]:.2f}" if f and f[key] else "-"
+
+
 def _print(rows: list[dict[str, Any]]) -> None:
     head = ["recipe", "family", "variant", "bundle B", "model B", "RAM MiB", "RAM/file",
             "p50 ms", "size x", "RAM x", "latency x", "holdout", "int8"]
@@ -130,14 +134,14 @@ def _print(rows: list[dict[str, Any]]) -> None:
     floats = {r["recipe"]: r for r in rows if r["variant"] == "float"}
     for r in rows:
         f = floats.get(r["recipe"])
-        ratio = (lambda k: f"{r[k] / f[k]:.2f}" if f and f[k] else "-") if "error" not in r else (lambda k: "-")
         if "error" in r:
             table.append([r["recipe"], "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", r["error"][:50], ""])
             continue
         per_byte = r["ram"] * 1024 * 1024 / max(r["model"], 1)
         table.append([r["recipe"], r["family"], r["variant"], f"{r['bundle']:,}", f"{r['model']:,}",
                       f"{r['ram']:.1f}", f"{per_byte:.0f}x", f"{r['latency']:.3f}",
-                      ratio("bundle"), ratio("ram"), ratio("latency"), r["metric"], r["status"]])
+                      _ratio(r, f, "bundle"), _ratio(r, f, "ram"), _ratio(r, f, "latency"),
+                      r["metric"], r["status"]])
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     for row in table:
         print("  ".join(c.rjust(w) if i >= 3 and i <= 10 else c.ljust(w)

@@ -293,7 +293,7 @@ def test_target_opset_alone_picks_safe_ml_opset_and_ir() -> None:
 
 def test_target_opset_above_runtime_is_refused() -> None:
     pipe = fit(build(linear_model.LogisticRegression(max_iter=500)), C)
-    with pytest.raises(ConversionError, match="target_opset 20 is above what onnxruntime 1.12"):
+    with pytest.raises(ConversionError, match=r"target_opset 20 is above what onnxruntime 1\.12"):
         to_onnx(pipe, FEATURES, task=C, runtime="1.12", target_opset=20)
 
 
@@ -301,7 +301,7 @@ def test_runtime_limits_table() -> None:
     assert runtime_limits("1.16.3").opset == 19
     newer = runtime_limits("1.25.1")
     assert (newer.opset, newer.ir_version, newer.source) == (21, 10, "nearest-older")
-    with pytest.raises(PackagingError, match="older than 1.0"):
+    with pytest.raises(PackagingError, match=r"older than 1\.0"):
         runtime_limits("0.5")
 
 
@@ -349,7 +349,7 @@ def test_registration_refuses_silent_overwrite() -> None:
 
 def test_classifier_without_probabilities_is_refused() -> None:
     pipe = fit(build(svm.LinearSVC()), C)
-    with pytest.raises(ConversionError, match="LinearSVC has no predict_proba.*CalibratedClassifierCV"):
+    with pytest.raises(ConversionError, match=r"LinearSVC has no predict_proba.*CalibratedClassifierCV"):
         to_onnx(pipe, FEATURES, task=C)
 
 
@@ -395,6 +395,5 @@ def test_classes_must_match_the_model() -> None:
 
 
 def test_protobuf7_failure_explains_the_fix() -> None:
-    with pytest.raises(ConversionError, match=r"protobuf 6: pip install 'protobuf>=4,<7'"):
-        with _converter_errors():
-            raise TypeError("Field onnx.AttributeProto.ints: Expected an int, got a boolean")
+    with pytest.raises(ConversionError, match=r"protobuf 6: pip install 'protobuf>=4,<7'"), _converter_errors():
+        raise TypeError("Field onnx.AttributeProto.ints: Expected an int, got a boolean")
