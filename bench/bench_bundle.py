@@ -38,23 +38,14 @@ sys.path.insert(0, str(ROOT))
 
 from edgeml.bundle.feeds import rows_to_columns, to_feeds  # noqa: E402
 from edgeml.bundle.reader import open_bundle  # noqa: E402
+from edgeml.bundle.session import cpu_session  # noqa: E402
 from edgeml.errors import EdgeMLError  # noqa: E402
 from edgeml.package.builder import PackageResult, package  # noqa: E402
 from edgeml.package.fit import measure_memory  # noqa: E402
 
 
-def _session(model: bytes) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-
-
 def _latencies(models: list[bytes], feeds: dict[str, np.ndarray], runs: int) -> list[float]:
-    sessions = [_session(m) for m in models]
+    sessions = [cpu_session(m) for m in models]
     for s in sessions:
         for _ in range(10):
             s.run(None, feeds)

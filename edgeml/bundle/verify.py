@@ -32,6 +32,7 @@ import numpy as np
 from edgeml.bundle.feeds import rows_to_columns, to_feeds
 from edgeml.bundle.manifest import MANIFEST, MODEL, SELFTEST, SIGNATURE, Manifest
 from edgeml.bundle.reader import Bundle, open_bundle
+from edgeml.bundle.session import cpu_session
 from edgeml.bundle.signature import check_signature
 from edgeml.errors import BundleError, EdgeMLError, InputError, SignatureError
 
@@ -127,12 +128,8 @@ def _files(bundle: Bundle) -> str:
 def _session(bundle: Bundle) -> Any:
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
     try:
-        session = ort.InferenceSession(bundle.read(MODEL), opts, providers=["CPUExecutionProvider"])
+        session = cpu_session(bundle.read(MODEL))
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BundleError(f"{MODEL}: onnxruntime {ort.__version__} cannot load it: {first}") from exc

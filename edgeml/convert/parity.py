@@ -30,16 +30,15 @@ judged on absolute error (the ``max(|y|, 1)`` denominator).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeml._files import atomic_write
 from edgeml.errors import ConversionError, ParityError
 
 __all__ = [
@@ -380,24 +379,12 @@ def _message(report: ParityReport, X: Any, bad: np.ndarray, columns: dict[str, n
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _dump(dump_dir: str | os.PathLike[str], X: Any, bad: np.ndarray, columns: dict[str, np.ndarray], model: bytes) -> Path:
     where = Path(dump_dir)
     where.mkdir(parents=True, exist_ok=True)
     rows = X.iloc[np.flatnonzero(bad)].copy()
     for k, v in columns.items():
         rows[k] = v[bad]
-    _atomic_write(where / "rows.csv", rows.to_csv(index_label="index").encode())
-    _atomic_write(where / "model.onnx", model)
+    atomic_write(where / "rows.csv", rows.to_csv(index_label="index").encode())
+    atomic_write(where / "model.onnx", model)
     return where

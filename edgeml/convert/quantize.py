@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeml.bundle.session import cpu_session
 from edgeml.convert.limits import RuntimeLimits, check_runtime
 from edgeml.convert.parity import frame_to_feeds
 from edgeml.errors import ConversionError, PackagingError
@@ -144,16 +145,6 @@ def quantize_dynamic_int8(model_bytes: bytes) -> bytes:
         return dst.read_bytes()
 
 
-def _session(model_bytes: bytes) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
-
-
 def _predictions(sess: Any, feeds: dict[str, np.ndarray], task: str) -> np.ndarray:
     names = [o.name for o in sess.get_outputs()]
     want = "variable" if task == "regression" else "label"
@@ -177,7 +168,7 @@ def compare(
     """Size, holdout ``metric(y_true, y_pred)`` and batch-1 latency (median of ``runs``), before and after."""
     if runs < 1:
         raise ConversionError("runs must be >= 1")
-    sessions = [_session(original), _session(quantized)]
+    sessions = [cpu_session(original), cpu_session(quantized)]
     feeds = frame_to_feeds(X, [(i.name, i.type) for i in sessions[0].get_inputs()])
     y_true = np.asarray(y).astype(str) if task == "classification" else np.asarray(y)
     scores = [float(metric(y_true, _predictions(s, feeds, task))) for s in sessions]

@@ -25,6 +25,7 @@ import numpy as np
 
 from edgeml.bundle.feeds import rows_to_columns, to_feeds
 from edgeml.bundle.manifest import InputSpec, OutputSpec
+from edgeml.bundle.session import cpu_session
 from edgeml.errors import InputError, PackagingError
 
 __all__ = ["MAX_ROWS", "build_selftest", "output_names", "selftest_bytes"]
@@ -46,16 +47,6 @@ def _value(v: Any) -> Any:
     if isinstance(v, (np.integer,)):
         return int(v)
     return v
-
-
-def _session(model: bytes) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def _run(session: Any, inputs: Sequence[InputSpec], rows: list[dict[str, Any]], names: list[str]) -> dict[str, np.ndarray]:
@@ -91,7 +82,7 @@ def build_selftest(model: bytes, inputs: Sequence[InputSpec], outputs: OutputSpe
             candidates.append(row)
     if not candidates:
         raise PackagingError("no holdout row can be fed to the model for the self-test")
-    session = _session(model)
+    session = cpu_session(model)
     out = _run(session, inputs, candidates, names)
     margins = _margins(out, outputs)
     usable = [i for i in range(len(candidates)) if margins is None or margins[i] > BOUNDARY]

@@ -9,13 +9,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from edgeml._files import atomic_write
 
 __all__ = ["DEFAULTS", "machine_health", "main", "support_tickets", "write_csv"]
 
@@ -194,17 +194,7 @@ DEFAULTS = {
 
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:
     """Write ``frame`` as CSV (``\\n`` line ends, no index) atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            frame.to_csv(fh, index=False, lineterminator="\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, frame.to_csv(index=False, lineterminator="\n"))
 
 
 def main(argv: list[str] | None = None) -> None:
