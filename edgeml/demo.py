@@ -143,7 +143,9 @@ def serve_and_watch(bundle: Path) -> None:
         console.print(Rule("what arrived on the telemetry topics"))
         seen: dict[str, str] = {}
         for topic, payload in received:
-            seen[topic] = payload  # the latest of each
+            if topic == root.metrics and topic in seen:
+                continue  # the first window is the one that holds the requests above
+            seen[topic] = payload  # the latest of each other topic
         for topic, payload in sorted(seen.items()):
             count = sum(1 for t, _ in received if t == topic)
             console.print(f"  [green]{topic}[/] x{count}: {_summary(payload)}")
