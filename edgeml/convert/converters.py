@@ -8,7 +8,8 @@ refuses silent overwrites; a step without an entry fails with
 :class:`UnsupportedStepError` listing the supported classes.
 
 Also registered here: an skl2onnx shape calculator and converter for edgeml's
-own ``OutlierClipper`` (``lower_``/``upper_`` per column -> ``Min(Max(x, lower), upper)``),
+own ``OutlierClipper`` (``lower_``/``upper_`` per column -> ``Min(Max(x, lower), upper)``,
+NaN kept),
 and, when installed, XGBoost and LightGBM through onnxmltools.
 """
 
@@ -311,9 +312,16 @@ def _clipper_convert(scope: Any, operator: Any, container: Any) -> None:
         container.add_initializer(name, proto, list(arr.shape), arr.ravel().tolist())
         names.append(name)
     low = scope.get_unique_variable_name("clipped_low")
+    clipped = scope.get_unique_variable_name("clipped")
+    nan = scope.get_unique_variable_name("is_nan")
     container.add_node("Max", [x.full_name, names[0]], low, name=scope.get_unique_operator_name("ClipLow"))
+    container.add_node("Min", [low, names[1]], clipped, name=scope.get_unique_operator_name("ClipHigh"))
+    # NaN passes through unchanged, as in OutlierClipper.transform (np.clip); ONNX leaves
+    # Max/Min of NaN to the implementation.
+    container.add_node("IsNaN", [x.full_name], nan, name=scope.get_unique_operator_name("ClipIsNaN"))
     container.add_node(
-        "Min", [low, names[1]], operator.outputs[0].full_name, name=scope.get_unique_operator_name("ClipHigh")
+        "Where", [nan, x.full_name, clipped], operator.outputs[0].full_name,
+        name=scope.get_unique_operator_name("ClipKeepNaN"),
     )
 
 

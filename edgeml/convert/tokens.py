@@ -22,15 +22,17 @@ from edgeml.errors import ConversionError
 
 __all__ = ["TOKEN_PATTERNS", "check_token_pattern", "token_pattern"]
 
-# (strip_punctuation, strip_digits) -> pattern. Tokens are runs of at least 2 printable
-# ASCII characters (like scikit-learn's default minimum); anything else separates tokens.
+# (strip_punctuation, strip_digits) -> pattern; the same as edgeml.train.pipeline's
+# text_token_pattern. Words are runs of at least 2 ASCII letters (and digits); with
+# strip_punctuation False each ASCII punctuation character is a token of its own.
 # Non-ASCII letters are left out on purpose: Python lower-cases them, onnxruntime's
 # StringNormalizer in the C locale does not, so "CAFÉ" would give different tokens.
+_PUNCT = r"|[!-/:-@\[-`{-~]"
 TOKEN_PATTERNS: dict[tuple[bool, bool], str] = {
-    (True, True): "[a-zA-Z]{2,}",
-    (True, False): "[a-zA-Z0-9]{2,}",
-    (False, True): "[!-/:-~]{2,}",  # printable ASCII except space and digits
-    (False, False): "[!-~]{2,}",  # printable ASCII except space
+    (True, True): "[A-Za-z]{2,}",
+    (True, False): "[A-Za-z0-9]{2,}",
+    (False, True): "[A-Za-z]{2,}" + _PUNCT,
+    (False, False): "[A-Za-z0-9]{2,}" + _PUNCT,
 }
 
 # Constructs whose meaning differs between Python re and RE2 (or that RE2 lacks).
