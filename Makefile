@@ -5,14 +5,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: install demo test test-fast test-slow test-arm lint bench clean
+.PHONY: install demo test test-fast test-slow test-arm test-browser chromium lint bench clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[host,sign,broker,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[host,sign,broker,dev,fleet]"
 	touch $(STAMP)
 
 demo: install
@@ -27,6 +27,13 @@ test: install lint
 
 test-slow: install
 	$(PYTEST) -q -m slow
+
+# The dashboard's browser tests: Debian's Chromium driven by Playwright (part of `make test`).
+chromium:
+	test -x /usr/bin/chromium || (apt-get update && apt-get install -y chromium)
+
+test-browser: install chromium
+	$(PYTEST) -q tests/test_dashboard_browser.py -p no:cacheprovider
 
 test-arm: install
 	$(PYTEST) -q -m arm -p no:cacheprovider

@@ -3,13 +3,16 @@
 (a) batch-1 latency for every recipe in models/*.yaml: ``Predictor.predict`` vs the bare
     ``onnxruntime.InferenceSession.run`` on the same model.onnx (same session options,
     feeds prebuilt) vs the scikit-learn pipeline's ``predict`` on one row. The three are
-    interleaved round by round; medians of the per-round means are reported.
+    interleaved round by round; medians of the per-round means are reported. The clock is
+    the process's CPU time by default (all threads: an onnxruntime pool that spins is
+    counted), which a shared, loaded machine disturbs far less than elapsed time.
 (d) process RSS after loading each bundle with ``Predictor`` vs a bare onnxruntime process
     with the same model (fresh subprocesses, one prediction each).
 
 Targets: Predictor <= 1.3x bare ORT; >= 10x faster than scikit-learn; RSS <= bare + 20 MiB.
 
     python bench/bench_predictor.py [--recipes iris,penguins] [--work DIR] [--rounds 9]
+                                    [--clock cpu|wall]
 
 Recipes are trained into a registry under --work and packaged for x86_64 once; later runs
 reuse the bundles there. A recipe that cannot be trained or packaged is reported and skipped.
@@ -46,10 +49,9 @@ if mode == "bare":
     from edgeml.bundle.manifest import Manifest
     with zipfile.ZipFile(bundle) as zf:
         model, manifest = zf.read("model.onnx"), Manifest.from_json(zf.read("manifest.json"))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = manifest.target.intra_op_threads
-    opts.inter_op_num_threads = manifest.target.inter_op_threads
-    sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    from edgeml.bundle.session import cpu_session
+    sess = cpu_session(model, threads=manifest.runtime.intra_op_threads,
+                       inter_op_threads=manifest.runtime.inter_op_threads)
     feeds = {s.name: np.array([[row[s.name] if row[s.name] is not None else
                                 ("" if s.dtype == "string" else float("nan"))]],
                               dtype=object if s.dtype == "string" else np.float32)
@@ -95,11 +97,15 @@ def build(recipes: list[str], work: Path) -> list[tuple[str, Path, Path]]:
     return built
 
 
+CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
+_clock = CLOCKS["cpu"]
+
+
 def _mean_call(fn: Callable[[], Any], number: int) -> float:
-    start = time.perf_counter()
+    start = _clock()
     for _ in range(number):
         fn()
-    return (time.perf_counter() - start) / number
+    return (_clock() - start) / number
 
 
 def latency(bundle: Path, registry: Path, rounds: int, number: int) -> dict[str, Any]:
@@ -118,7 +124,7 @@ def latency(bundle: Path, registry: Path, rounds: int, number: int) -> dict[str,
            for k, v in one.to_dict(orient="records")[0].items()}
     with zipfile.ZipFile(bundle) as zf:
         model = zf.read("model.onnx")
-    # the very same session options as the Predictor's (threads from the target profile)
+    # the very same session options as the Predictor's (threads from the manifest)
     sess = ort.InferenceSession(model, predictor.session.get_session_options(),
                                 providers=["CPUExecutionProvider"])
     feeds = {k: np.array(v, copy=True) for k, v in predictor.feeds([row]).items()}
@@ -162,7 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/edgeml-bench"))
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--number", type=int, default=2000, help="calls per round")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                        help="cpu: CPU time of this process, all its threads (robust on a shared "
+                             "machine); wall: elapsed time")
     args = parser.parse_args(argv)
+    global _clock
+    _clock = CLOCKS[args.clock]
     log(f"building bundles in {args.work} ...")
     built = build([r for r in args.recipes.split(",") if r], args.work)
     results = []
@@ -172,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         mem = rss(bundle, lat["row"])
         results.append((recipe, lat, mem))
 
-    print("\n(a) batch-1 latency, median of per-round means (us)")
+    print(f"\n(a) batch-1 latency, median of per-round means (us, {args.clock} time)")
     print(f"{'recipe':<16}{'bare ORT':>10}{'Predictor':>11}{'+rows()':>9}{'sklearn':>10}"
           f"{'pred/bare':>11}{'sklearn/pred':>14}")
     for recipe, lat, _ in results:

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edgeml.runtime.predictor import Predictor  # noqa: E402
+from edgeml.runtime.settings import BrokerSettings, TelemetrySettings  # noqa: E402
 from edgeml.runtime.stats import RuntimeStats  # noqa: E402
 from edgeml.runtime.telemetry import DeviceAgent  # noqa: E402
 
@@ -126,8 +127,9 @@ def _agent_cpu(predictor: Predictor, broker: str, spool: Path, seconds: float = 
         stats = RuntimeStats.for_predictor(predictor)
         agent = None
         if with_agent:
-            agent = DeviceAgent(predictor, stats, broker=broker, device_id=f"bench-{uuid.uuid4().hex[:6]}",
-                                fleet="bench", metrics_interval=1.0, spool_dir=spool)
+            agent = DeviceAgent(predictor, stats, BrokerSettings.from_url(broker), TelemetrySettings(
+                device_id=f"bench-{uuid.uuid4().hex[:6]}", fleet="bench", metrics_interval=1.0,
+                spool_dir=spool))
             agent.start()
             time.sleep(0.5)  # connected and announced
         cpu0 = time.process_time()
@@ -167,9 +169,11 @@ def main(argv: list[str] | None = None) -> None:
                 stats = RuntimeStats.for_predictor(predictor)
                 agent = None
                 if sample_rate is not None:
-                    agent = DeviceAgent(predictor, stats, broker=args.broker, device_id=device,
-                                        fleet="bench", metrics_interval=1.0,
-                                        spool_dir=Path(tmp) / "spool", sample_rate=sample_rate)
+                    agent = DeviceAgent(predictor, stats, BrokerSettings.from_url(args.broker),
+                                        TelemetrySettings(device_id=device, fleet="bench",
+                                                          metrics_interval=1.0,
+                                                          spool_dir=Path(tmp) / "spool",
+                                                          sample_rate=sample_rate))
                     agent.start()
                     deadline = time.monotonic() + 5
                     while not agent.connected and time.monotonic() < deadline:
@@ -210,8 +214,6 @@ def _clear(broker: str, root: str) -> None:
     """Remove the retained $state/$info the benchmark left on the broker."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
-
-    from edgeml.runtime.mqtt_client import BrokerSettings
 
     settings = BrokerSettings.from_url(broker)
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-clean-{uuid.uuid4().hex[:6]}")

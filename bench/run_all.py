@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["bench_predictor.py", "bench_http.py", "bench_telemetry.py", "bench_bundle.py"]
+BENCHES = ["bench_predictor.py", "bench_http.py", "bench_telemetry.py", "bench_bundle.py",
+           "bench_monitor.py"]
 
 
 def main() -> int:

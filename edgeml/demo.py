@@ -149,6 +149,7 @@ def serve_and_watch(bundle: Path) -> None:
         for topic, payload in sorted(seen.items()):
             count = sum(1 for t, _ in received if t == topic)
             console.print(f"  [green]{topic}[/] x{count}: {_summary(payload)}")
+        store_fleet(received)
         client.loop_stop()
         client.disconnect()
     finally:
@@ -158,6 +159,26 @@ def serve_and_watch(bundle: Path) -> None:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def store_fleet(received: list[tuple[str, str]]) -> None:
+    """Store what arrived as `edgeml monitor` does (its ingest and writer) in a SQLite file:
+    the monitor itself needs an MQTT v5 broker (Mosquitto), the embedded one speaks 3.1.1."""
+    from edgeml.fleet.db import open_store
+    from edgeml.fleet.ingest import classify
+    from edgeml.fleet.migrate import upgrade
+    from edgeml.fleet.writer import Item, Writer
+
+    url = f"sqlite:///{OUT / 'fleet.db'}"
+    upgrade(url)
+    store = open_store(url)
+    items = [Item(t, p.encode(), classify("edgeml", t, p.encode())) for t, p in received]
+    Writer(store).write([i for i in items if i.result is not None])
+    store.dispose()
+    DASHBOARD.append(url)
+
+
+DASHBOARD: list[str] = []
 
 
 def _connects(client: Any, port: int) -> bool:
@@ -175,7 +196,7 @@ def _summary(payload: str) -> str:
         return payload[:80]
     if not isinstance(obj, dict):
         return payload[:80]
-    if obj.get("schema") == "edgeml.metrics/1":
+    if str(obj.get("schema", "")).startswith("edgeml.metrics/"):
         lat = obj.get("latency_ms") or {}
         return (f"seq {obj.get('seq')}, {obj.get('rows')} rows, p50 {float(lat.get('p50') or 0):.2f} ms, "
                 f"predictions {json.dumps(obj.get('predictions'))[:80]}")
@@ -205,6 +226,9 @@ def main() -> None:
     console.print(Rule("done"))
     console.print(f"registry: {registry}\nbundles:  {bundles}\n"
                   f"report:   {registry / 'penguins' / '1' / 'report.html'}")
+    if DASHBOARD:
+        console.print(f"fleet:    $ edgeml dashboard --db {DASHBOARD[0]}\n"
+                      "          then open http://127.0.0.1:8090/")
 
 
 if __name__ == "__main__":

@@ -16,14 +16,16 @@ mapped to these at the boundary with ``raise ... from exc``.
     ├── DataError                    exit 2   data missing, empty or of the wrong kind
     ├── InputError                   exit 2   a prediction request does not match the schema
     ├── GateError                    exit 1   quality gates not met; nothing registered
-    ├── RegistryError                exit 1   the model registry is unreadable or inconsistent
+    ├── RegistryError                exit 1   the registry is unreadable, or a model.json invalid (names file, field)
     ├── ConversionError              exit 1   a pipeline cannot be converted to ONNX
     │   ├── UnsupportedStepError     exit 1   no converter for a step (lists the supported)
     │   └── ParityError              exit 1   ONNX and scikit-learn disagree (names rows)
     ├── PackagingError               exit 1   a model does not fit a target (opset, memory, quality)
     ├── BundleError                  exit 1   a bundle is malformed or fails verification
     │   └── SignatureError           exit 1   signature missing, malformed or wrong
-    └── RuntimeServiceError          exit 1   serving or telemetry cannot start
+    ├── RuntimeServiceError          exit 1   serving or telemetry cannot start
+    └── StoreError                   exit 2   the fleet store (--db URL) is unreachable or
+                                              at another schema revision (says the fix)
 
 This module imports only the standard library: it is device-safe.
 """
@@ -45,6 +47,7 @@ __all__ = [
     "RegistryError",
     "RuntimeServiceError",
     "SignatureError",
+    "StoreError",
     "UnsupportedStepError",
     "UsageError",
 ]
@@ -126,3 +129,9 @@ class SignatureError(BundleError):
 
 class RuntimeServiceError(EdgeMLError):
     """The on-device service (HTTP, MQTT, spool) cannot start or continue."""
+
+
+class StoreError(EdgeMLError):
+    """The fleet store named by ``--db`` cannot be used (unreachable, wrong schema revision)."""
+
+    exit_code = 2

@@ -28,7 +28,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgeml.bundle.manifest import InputSpec, Manifest, OnnxInfo, OutputSpec, TargetInfo
+from edgeml.bundle.manifest import InputSpec, Manifest, Metrics, OnnxInfo, OutputSpec, TargetInfo
 
 SHARED_HOST = "127.0.0.1"
 SHARED_PORT = 1883
@@ -143,7 +143,7 @@ def make_bundle(folder: Path, name: str = "pump") -> Path:
             "model.onnx": hashlib.sha256(model_bytes).hexdigest(),
             "selftest.json": hashlib.sha256(selftest_bytes).hexdigest(),
         },
-        metrics={"accuracy": 1.0},
+        metrics=Metrics(primary="accuracy", holdout={"accuracy": 1.0}),
         reference_profile={
             "rows": n,
             "features": {

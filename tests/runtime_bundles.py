@@ -32,7 +32,7 @@ def real_bundle(factory: pytest.TempPathFactory, recipe: str = "penguins") -> tu
 
 
 class ServerProcess:
-    """``python -m edgeml.runtime.http BUNDLE --port 0 ...`` in a real process."""
+    """``edgeml serve BUNDLE --port 0 ...`` (HTTP only) in a real process."""
 
     def __init__(self, bundle: Path, *args: str) -> None:
         import re
@@ -43,16 +43,23 @@ class ServerProcess:
         # stderr goes to a file: a pipe nobody drains would block the server once full
         self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeml.runtime.http", str(bundle), "--port", "0", *args],
+            [sys.executable, "-m", "edgeml", "serve", str(bundle), "--port", "0",
+             "--log-level", "warning", *args],
             stdout=subprocess.PIPE, stderr=self.stderr, text=True,
         )
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        match = re.search(r"on http://([\d.]+):(\d+)", line)
+        self.banner: list[str] = []
+        line = ""
+        while not line.startswith("http: "):
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.banner.append(line)
+        match = re.search(r"^http: http://([\d.]+):(\d+)", line)
         if match is None:
             self.proc.kill()
             self.proc.wait()
-            raise RuntimeError(f"server did not start: {line!r} {self.read_stderr()}")
+            raise RuntimeError(f"server did not start: {self.banner!r} {self.read_stderr()}")
         self.host, self.port = match.group(1), int(match.group(2))
 
     def stop(self) -> str:

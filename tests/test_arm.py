@@ -327,3 +327,81 @@ def test_tampered_bundle_is_rejected_on_device(
     assert len(errors) == 1, explain(proc)
     assert "model.onnx" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+# -- timestamps as features: derived on the device from the raw strings -----------------------
+
+TIMESTAMPS = ["2024-02-29T12:00:00Z", "2023-12-31T23:30:00-01:00", "2024-12-31T23:59:59+05:30",
+              "2025-01-01", 1709208000, 1704067199.5, None]
+
+
+@pytest.fixture(scope="module")
+def load_bundle(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``get(target)``: models/machine-load.yaml trained and packaged on the host for TARGET."""
+    registry = tmp_path_factory.mktemp("arm-load-registry") / "registry"
+    proc = host_edgeml("train", str(REPO / "models" / "machine-load.yaml"), "--registry",
+                       str(registry), cwd=registry.parent)
+    assert proc.returncode == 0, explain(proc, "host")
+    made: dict[str, Path] = {}
+
+    def get(target: str) -> Path:
+        if target not in made:
+            out = tmp_path_factory.mktemp(f"arm-load-{target}") / "out"
+            proc = host_edgeml("package", "machine-load", "--target", target, "--registry",
+                               str(registry), "-o", str(out), cwd=out.parent)
+            assert proc.returncode == 0, explain(proc, "host")
+            made[target] = next(out.glob(f"machine-load-*-{target}.edgeml"))
+        return made[target]
+
+    return get
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_timestamp_bundle_verifies_and_predicts_on_device_as_on_host(
+    target: str, userland_for: Callable[[str], Userland], load_bundle: Callable[[str], Path],
+    tmp_path: Path,
+) -> None:
+    land = userland_for(TARGETS[target])
+    bundle = load_bundle(target)
+    assert_verifies(land, bundle, cwd=tmp_path)  # the self-test rows carry raw timestamps
+    with zipfile.ZipFile(bundle) as zf:
+        rows = list(json.loads(zf.read("selftest.json"))["rows"])
+    rows += [{**rows[0], "timestamp": ts} for ts in TIMESTAMPS]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = ("predict", str(bundle), "--input", str(path), "--json")
+    host = host_edgeml(*args, cwd=tmp_path)
+    assert host.returncode == 0, explain(host, "host")
+    guest = guest_edgeml(land, *args, cwd=tmp_path)
+    assert guest.returncode == 0, explain(guest)
+    assert_same(json.loads(host.stdout), json.loads(guest.stdout))
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_device_derives_the_same_features_as_the_host(
+    arch: str, userland_for: Callable[[str], Userland], tmp_path: Path
+) -> None:
+    """edgeml.bundle.derive on the emulated Pi: what the host computes (calendar fields exactly,
+    sin/cos to 1e-12: another libm may round the last bit differently)."""
+    from edgeml.bundle.derive import derive_columns
+    from edgeml.bundle.manifest import DATETIME_FEATURES, DerivedInput
+
+    land = userland_for(arch)
+    code = (
+        "import json, sys\n"
+        "from edgeml.bundle.derive import derive_columns\n"
+        "from edgeml.bundle.manifest import DATETIME_FEATURES, DerivedInput\n"
+        "spec = DerivedInput(source='ts', features=list(DATETIME_FEATURES))\n"
+        "got = derive_columns([spec], {'ts': json.loads(sys.argv[1])})\n"
+        "print(json.dumps({k: [float(x) for x in v] for k, v in got.items()}))\n"
+    )
+    proc = land.run_python(["-c", code, json.dumps(TIMESTAMPS)], cwd=tmp_path)
+    assert proc.returncode == 0, explain(proc)
+    spec = DerivedInput(source="ts", features=list(DATETIME_FEATURES))
+    host = derive_columns([spec], {"ts": TIMESTAMPS})
+    guest = json.loads(proc.stdout)
+    assert list(guest) == list(host)
+    for name, values in host.items():
+        exact = not name.endswith(("_sin", "_cos"))
+        np.testing.assert_allclose(guest[name], values, rtol=0, atol=0 if exact else 1e-12,
+                                   err_msg=f"{arch}: {name}")

@@ -14,16 +14,12 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 from sklearn import (
-    calibration,
     decomposition,
     ensemble,
     feature_selection,
     linear_model,
     naive_bayes,
-    neighbors,
-    neural_network,
     svm,
-    tree,
 )
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
@@ -42,6 +38,7 @@ from sklearn.preprocessing import (
 )
 
 from edgeml.bundle.manifest import OutputSpec
+from edgeml.catalog import CATALOG
 from edgeml.convert import (
     REGISTRY,
     TOKEN_PATTERNS,
@@ -150,33 +147,12 @@ def convert_and_check(pipe: Pipeline, task: str, **kw):
 
 C, R, A = "classification", "regression", "anomaly"
 FLOAT32_TIES: dict[str, int] = {}
-FAMILIES = [
-    (C, "logistic_regression", lambda: linear_model.LogisticRegression(max_iter=1000)),
-    (C, "sgd", lambda: linear_model.SGDClassifier(loss="log_loss", random_state=0)),
-    (C, "decision_tree", lambda: tree.DecisionTreeClassifier(max_depth=5, random_state=0)),
-    (C, "random_forest", lambda: ensemble.RandomForestClassifier(n_estimators=8, random_state=0)),
-    (C, "extra_trees", lambda: ensemble.ExtraTreesClassifier(n_estimators=8, random_state=0)),
-    (C, "hist_gradient_boosting", lambda: ensemble.HistGradientBoostingClassifier(max_iter=15, random_state=0)),
-    (C, "svm", lambda: calibration.CalibratedClassifierCV(svm.SVC(kernel="rbf"), ensemble=False)),
+FAMILIES = [  # every installed family x task of the catalog, inside the full-shape pipeline
+    (task, fam.name, lambda fam=fam, task=task: fam.make(task, 0, fam.quick))
+    for fam, task in CATALOG.cases() if fam.available
+] + [
     (C, "svm_probability", lambda: svm.SVC(kernel="poly", degree=2, probability=True, random_state=0)),
-    (C, "linear_svm", lambda: calibration.CalibratedClassifierCV(svm.LinearSVC(), cv=3)),
-    (C, "knn", lambda: neighbors.KNeighborsClassifier(5)),
-    (C, "naive_bayes", lambda: naive_bayes.GaussianNB()),
-    (C, "mlp", lambda: neural_network.MLPClassifier(hidden_layer_sizes=(16,), max_iter=200, random_state=0)),
-    (R, "linear_regression", lambda: linear_model.LinearRegression()),
-    (R, "ridge", lambda: linear_model.Ridge()),
-    (R, "lasso", lambda: linear_model.Lasso(alpha=0.1)),
-    (R, "elastic_net", lambda: linear_model.ElasticNet(alpha=0.1)),
-    (R, "sgd", lambda: linear_model.SGDRegressor(random_state=0)),
-    (R, "decision_tree", lambda: tree.DecisionTreeRegressor(max_depth=5, random_state=0)),
-    (R, "random_forest", lambda: ensemble.RandomForestRegressor(n_estimators=8, random_state=0)),
-    (R, "extra_trees", lambda: ensemble.ExtraTreesRegressor(n_estimators=8, random_state=0)),
-    (R, "hist_gradient_boosting", lambda: ensemble.HistGradientBoostingRegressor(max_iter=15, random_state=0)),
-    (R, "svm", lambda: svm.SVR()),
-    (R, "linear_svm", lambda: svm.LinearSVR(max_iter=5000, random_state=0)),
-    (R, "knn", lambda: neighbors.KNeighborsRegressor(5)),
-    (R, "mlp", lambda: neural_network.MLPRegressor(hidden_layer_sizes=(16,), max_iter=200, random_state=0)),
-    (A, "isolation_forest", lambda: ensemble.IsolationForest(n_estimators=15, random_state=0)),
+    (C, "sgd_modified_huber", lambda: linear_model.SGDClassifier(loss="modified_huber", random_state=0)),
 ]
 
 
@@ -199,8 +175,8 @@ def test_family_converts_with_parity(task: str, family: str, make) -> None:
         assert report.max_abs_prob_diff <= PROB_ATOL
         assert report.label_agreement >= 1 - report.float32_ties / report.rows
     elif task == R:
-        assert [o.name for o in sess.get_outputs()] == ["variable"]
-        assert result.output_spec == OutputSpec(prediction="variable")
+        assert [o.name for o in sess.get_outputs()] == ["prediction"]
+        assert result.output_spec == OutputSpec(prediction="prediction")
         assert report.max_rel_error <= REL_TOL
     else:
         assert [o.name for o in sess.get_outputs()] == ["label", "scores"]
@@ -361,10 +337,21 @@ def test_classifier_without_probabilities_is_refused() -> None:
         to_onnx(pipe, FEATURES, task=C)
 
 
-def test_sgd_modified_huber_is_refused() -> None:
+def test_sgd_modified_huber_labels_follow_the_decision_function() -> None:
+    # Three classes: several probabilities clip to 1 on many rows; skl2onnx's argmax of the
+    # probabilities would pick the first, scikit-learn's predict the largest decision.
     pipe = fit(build(linear_model.SGDClassifier(loss="modified_huber", random_state=0)), C)
-    with pytest.raises(ConversionError, match="use loss='log_loss'"):
-        to_onnx(pipe, FEATURES, task=C)
+    proba = pipe.predict_proba(TEST)
+    ties = (proba == proba.max(axis=1, keepdims=True)).sum(axis=1) > 1
+    assert ties.any(), "the data must have rows whose top probabilities tie"
+    result, report = convert_and_check(pipe, C)
+    sess = ort.InferenceSession(result.to_bytes(), providers=["CPUExecutionProvider"])
+    inputs = [(i.name, i.type) for i in sess.get_inputs()]
+    from edgeml.convert import frame_to_feeds
+
+    label, probabilities = sess.run(None, frame_to_feeds(TEST, inputs))
+    assert (label == pipe.predict(TEST)).all() and report.tied_rows == 0
+    np.testing.assert_allclose(probabilities, proba, atol=PROB_ATOL)
 
 
 def test_default_sklearn_token_pattern_is_refused_with_the_patterns_to_use() -> None:

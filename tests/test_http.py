@@ -1,11 +1,14 @@
 """The HTTP server in a real process: every Open Inference Protocol v2 endpoint (shapes and
 status codes), POST /v1/predict, GET /metrics, and the HTTP/1.1 edge cases (keep-alive,
-pipelining, HEAD, Expect: 100-continue, limits, timeouts)."""
+pipelining, HEAD, Expect: 100-continue, chunked bodies, framing a proxy could read differently,
+limits, timeouts), all over raw sockets where the bytes matter."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import re
 import socket
 import struct
 import time
@@ -100,6 +103,25 @@ def test_model_metadata(server: ServerProcess, bundle: Path) -> None:
         for tensor in doc["inputs"] + doc["outputs"]:
             assert set(tensor) == {"name", "datatype", "shape"}
             assert tensor["datatype"] in ("FP32", "BYTES") and tensor["shape"][0] == -1
+
+
+def test_model_metadata_names_the_platform_as_triton_does(server: ServerProcess) -> None:
+    status, _, raw = request(server, "GET", "/v2/models/penguins")
+    assert status == 200 and json.loads(raw)["platform"] == "onnxruntime_onnx"
+
+
+def test_repository_index(server: ServerProcess) -> None:
+    expected = [{"name": "penguins", "version": "1", "state": "READY"}]
+    for body in (None, b"", {"ready": True}, {"ready": False}):
+        status, headers, raw = request(server, "POST", "/v2/repository/index",
+                                       b"" if body is None else body)
+        assert (status, json.loads(raw)) == (200, expected)
+        assert headers["content-type"] == "application/json"
+    status, headers, raw = request(server, "GET", "/v2/repository/index")
+    error_of(status, raw, 405)
+    assert headers["allow"] == "POST"
+    status, _, raw = request(server, "POST", "/v2/repository/index", {"ready": "yes"})
+    assert "ready" in error_of(status, raw, 400)
 
 
 def test_unknown_model_version_and_route_are_404(server: ServerProcess) -> None:
@@ -198,7 +220,7 @@ def test_tritonclient_works_unchanged(server: ServerProcess) -> None:
     client = httpclient.InferenceServerClient(f"{server.host}:{server.port}")
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("penguins")
-    assert client.get_model_metadata("penguins")["platform"] == "onnxruntime"
+    assert client.get_model_metadata("penguins")["platform"] == "onnxruntime_onnx"
     inputs = []
     for name, value in GENTOO.items():
         array = np.array([[value or ""]], dtype=object if name in STRINGS else np.float32)
@@ -347,7 +369,8 @@ def test_keep_alive_and_pipelining_answer_in_order(server: ServerProcess) -> Non
 def test_http10_head_and_expect_continue(server: ServerProcess) -> None:
     raw = raw_exchange(server, b"GET /v2/health/ready HTTP/1.0\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in raw  # then closed
-    raw = raw_exchange(server, b"HEAD /v2/health/live HTTP/1.1\r\nConnection: close\r\n\r\n")
+    raw = raw_exchange(server, b"HEAD /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close"
+                               b"\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 200 OK") and b"Content-Length: 13\r\n" in raw
     assert raw.endswith(b"\r\n\r\n")
     body = json.dumps({"instances": [PENGUIN]}).encode()
@@ -363,11 +386,20 @@ def test_http10_head_and_expect_continue(server: ServerProcess) -> None:
     [
         (b"GARBAGE\r\n\r\n", b"400"),
         (b"GET / HTTP/2.0\r\n\r\n", b"505"),
-        (b"GET /v2 HTTP/1.1\r\nBad Header\r\n\r\n", b"400"),
-        (b"POST /v1/predict HTTP/1.1\r\nContent-Length: x\r\n\r\n", b"400"),
-        (b"POST /v1/predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
-         b"411"),
-        (b"GET /v2 HTTP/1.1\r\nX: " + b"a" * 20_000 + b"\r\n\r\n", b"431"),
+        (b"GET /v2 HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", b"400"),
+        (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n", b"400"),
+        (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+         b"Content-Length: 6\r\n\r\n2\r\n{}\r\n0\r\n\r\n", b"400"),
+        (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+         b"501"),
+        (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", b"400"),
+        (b"POST /v1/predict HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", b"400"),
+        (b"GET /v2 HTTP/1.1\r\nHost: x\r\nBad(Name): 1\r\n\r\n", b"400"),
+        (b"GET /v2 HTTP/1.1\r\nHost: x\r\nX: 1\r\n folded\r\n\r\n", b"400"),
+        (b"GET /v2 HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", b"400"),
+        (b"GET /v2 HTTP/1.1\r\nHost: x/y\r\n\r\n", b"400"),
+        (b"GET /v2 HTTP/1.1\r\nHost: x\r\nX: a\rb\r\n\r\n", b"400"),
+        (b"GET /v2 HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20_000 + b"\r\n\r\n", b"431"),
         (post("/v1/predict", b"") .replace(b"Content-Length: 0", b"Content-Length: 999999"), b"413"),
     ],
 )
@@ -380,11 +412,132 @@ def test_protocol_errors_answer_json_and_close(server: ServerProcess, data: byte
     assert isinstance(json.loads(body)["error"], str)
 
 
+def responses(raw: bytes) -> list[tuple[int, bytes]]:
+    """(status, body) of every response in a raw byte stream (100 Continue included)."""
+    out = []
+    while raw:
+        head, _, raw = raw.partition(b"\r\n\r\n")
+        length = re.search(rb"\r\nContent-Length: (\d+)", head)
+        n = int(length.group(1)) if length else 0
+        out.append((int(head.split(b" ")[1]), raw[:n]))
+        raw = raw[n:]
+    return out
+
+
+def answers(raw: bytes) -> list[int]:
+    return [status for status, _ in responses(raw)]
+
+
+def chunked(body: bytes, size: int = 7, extensions: bool = False) -> bytes:
+    parts = [body[i:i + size] for i in range(0, len(body), size)]
+    ext = ";note=\"edge ml\";x" if extensions else ""
+    return b"".join(f"{len(p):x}{ext}\r\n".encode() + p + b"\r\n" for p in parts) + b"0\r\n"
+
+
+GET_LIVE = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "message"),
+    [
+        (b"POST /v2/health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 40\r\n\r\nabc" + GET_LIVE,
+         400, "conflicting Content-Length"),
+        (b"POST /v2/health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 40"
+         b"\r\n\r\nabc" + GET_LIVE, 400, "conflicting Content-Length"),
+        (b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Note: a\nContent-Length: 5\r\n\r\nhello",
+         400, "bare CR or LF"),
+        (b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Note: a\x00b\r\n\r\n", 400, "NUL"),
+        (b"GET /v2/health/live HTTP/1.1\r\nUser-Agent: t\r\n\r\n", 400, "missing Host"),
+    ],
+    ids=["content-length-list", "two-content-lengths", "bare-lf-in-value", "nul-in-value",
+         "missing-host"],
+)
+def test_ambiguous_framing_is_400_and_nothing_else_is_answered(
+    server: ServerProcess, data: bytes, status: int, message: str
+) -> None:
+    """Requests a proxy could read differently: one 400, the connection closed, no smuggled
+    second request answered."""
+    raw = raw_exchange(server, data)
+    assert answers(raw) == [status], raw[:300]
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"Connection: close" in head
+    assert message in json.loads(body)["error"]
+
+
+def test_chunked_body_is_predicted(server: ServerProcess, bundle: Path) -> None:
+    body = json.dumps({"instances": [PENGUIN, GENTOO]}).encode()
+    expected = json.loads(json.dumps(Predictor(bundle).predict([PENGUIN, GENTOO]).rows()))
+    for extensions, trailer in ((False, b""), (True, b"X-Checksum: none\r\n")):
+        data = (b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                + chunked(body, extensions=extensions) + trailer + b"\r\n")
+        raw = raw_exchange(server, data)
+        assert answers(raw) == [200], raw[:300]
+        doc = json.loads(raw.partition(b"\r\n\r\n")[2])
+        assert doc["predictions"] == expected
+    # sent in small pieces, with Expect: 100-continue, then another request on the connection
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        assert sock.recv(1024) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        payload = chunked(body, size=50) + b"\r\n"
+        for i in range(0, len(payload), 13):
+            sock.sendall(payload[i:i + 13])
+            time.sleep(0.002)
+        sock.sendall(GET_LIVE.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    (first, doc), (second, live) = responses(raw)
+    assert (first, second, live) == (200, 200, b'{"live":true}')
+    assert json.loads(doc)["predictions"] == expected
+
+
+def test_chunked_body_over_the_limit_is_413_and_closed(server: ServerProcess) -> None:
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sent, raw = 0, b""
+        sock.settimeout(0.05)
+        while not raw and sent < 8 * MAX_BODY:  # upload until answered, as a streaming client
+            sock.sendall(b"4000\r\n" + b" " * 0x4000 + b"\r\n")
+            sent += 0x4000
+            with contextlib.suppress(TimeoutError):
+                raw += sock.recv(65536)
+        sock.settimeout(10)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):  # b"" once the server closed
+                raw += chunk
+    assert answers(raw) == [413]
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"Connection: close" in head
+    assert f"exceeds the limit of {MAX_BODY} bytes" in json.loads(body)["error"]
+    assert sent <= 2 * MAX_BODY  # answered once the limit was passed, not at the end
+    status, _, _ = request(server, "GET", "/v2/health/live")
+    assert status == 200
+
+
+def test_no_100_continue_for_http10(server: ServerProcess) -> None:
+    body = json.dumps({"instances": [PENGUIN]}).encode()
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(f"POST /v1/predict HTTP/1.0\r\nContent-Length: {len(body)}\r\n"
+                     "Expect: 100-continue\r\n\r\n".encode())
+        sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(1024)  # HTTP/1.0 does not know 100 Continue: nothing until the body
+        sock.settimeout(5)
+        sock.sendall(body)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    assert answers(raw) == [200]
+
+
 def test_idle_and_slow_connections_are_closed(server: ServerProcess) -> None:
     start = time.monotonic()
     assert raw_exchange(server, b"", wait=8) == b""  # idle: closed without a word
     assert time.monotonic() - start < 6
-    raw = raw_exchange(server, b"POST /v1/predict HTTP/1.1\r\nContent-Length: 50\r\n\r\n{", wait=8)
+    raw = raw_exchange(server, b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{",
+                       wait=8)
     assert raw.startswith(b"HTTP/1.1 408")
     status, _, _ = request(server, "GET", "/v2/health/live")
     assert status == 200  # still serving

@@ -16,7 +16,8 @@ import pytest
 import yaml
 from rich.console import Console
 
-from edgeml.bundle.manifest import MODEL, SELFTEST
+from edgeml.bundle.inspect import describe
+from edgeml.bundle.manifest import MODEL, SELFTEST, Manifest, RuntimeInfo
 from edgeml.bundle.reader import open_bundle
 from edgeml.bundle.verify import verify_bundle
 from edgeml.cli import main
@@ -25,6 +26,8 @@ from edgeml.package.builder import PackageResult, package
 from edgeml.package.fit import check_opsets
 from edgeml.package.keys import generate_keypair
 from edgeml.package.profiles import CHECKOUT_DIR, load_profile
+from edgeml.package.stages import STAGES
+from edgeml.package.threads import MIN_SPEEDUP, choose, host_cores
 from edgeml.train.recipe import parse_recipe
 from edgeml.train.registry import Registry
 from edgeml.train.workflow import train
@@ -58,6 +61,10 @@ def _package(registry: Path, out: Path, ref: str = "penguins", **kw: Any) -> Pac
     return package(ref, registry=registry, out_dir=out, console=Console(file=io.StringIO()), **kw)
 
 
+def _stages(result: PackageResult) -> list[tuple[str, str]]:
+    return [(s["name"], s["outcome"]) for s in result.manifest.build["stages"]]
+
+
 def _profile_file(folder: Path, name: str, **changes: Any) -> Path:
     raw = yaml.safe_load((CHECKOUT_DIR / "rpi4.yaml").read_text())
     raw.update(name=name, **changes)
@@ -80,7 +87,10 @@ def test_package_x86_64_and_rpi4_verify(registry: Path, tmp_path: Path) -> None:
         assert [i.name for i in m.inputs] == [f["name"] for f in entry.meta["features"]]
         assert m.outputs.classes == ["Adelie", "Chinstrap", "Gentoo"]
         assert set(m.files) == {MODEL, SELFTEST}
-        assert m.metrics == entry.meta["metrics"]
+        assert m.metrics == entry.record.bundle_metrics()
+        assert m.metrics.primary == "f1_macro" and m.metrics.holdout["f1_macro"] == \
+            entry.meta["metrics"]["holdout"]["f1_macro"]
+        assert m.metrics.holdout_rows == entry.meta["data"]["holdout_rows"]
         assert m.reference_profile == entry.meta["reference_profile"]
         assert m.provenance["registry_ref"] == "penguins@1"
         assert m.provenance["recipe_sha256"] == entry.meta["recipe_sha256"]
@@ -89,7 +99,9 @@ def test_package_x86_64_and_rpi4_verify(registry: Path, tmp_path: Path) -> None:
         assert m.onnx.opset <= load_profile(target).max_opset
         assert result.memory.fits and result.memory.added_mb > 0
     rpi4 = open_bundle(tmp_path / "penguins-1-rpi4.edgeml").manifest
-    assert rpi4.target.intra_op_threads == 4 and rpi4.target.memory_budget_mb == 1024
+    # a logistic regression runs in microseconds: 4 threads never pay, so 1 is measured and kept
+    assert (rpi4.runtime.intra_op_threads, rpi4.runtime.threads_chosen_by) == (1, "measured")
+    assert rpi4.target.intra_op_threads == 1 and rpi4.target.memory_budget_mb == 1024
     assert rpi4.install["platform_tags"][0] == "manylinux_2_28_aarch64"
     assert "onnxruntime==1.32.0" in rpi4.install["pip_requirements"]
 
@@ -118,8 +130,89 @@ def test_repackaging_is_byte_identical(registry: Path, tmp_path: Path) -> None:
 def test_signed_package(registry: Path, tmp_path: Path) -> None:
     private, public = generate_keypair(tmp_path / "keys")
     result = _package(registry, tmp_path, sign_key=private)
-    assert result.signed
+    assert result.signed and ("sign", "ok") in [(r.name, r.outcome) for r in result.stages]
     assert verify_bundle(result.path, public_key=public).status("signature") == "ok"
+
+
+STAGE_NAMES = ["load", "convert", "parity", "quantize", "selftest", "threads", "fit", "wheels",
+               "manifest", "sign", "write"]
+
+
+def test_one_list_of_stages_for_display_manifest_and_result(registry: Path, tmp_path: Path) -> None:
+    assert [s.name for s in STAGES] == STAGE_NAMES
+    shown = io.StringIO()
+    result = package("penguins", target="x86_64", registry=registry, out_dir=tmp_path,
+                     console=Console(file=shown, width=300))
+    lines = shown.getvalue().splitlines()
+    assert [r.name for r in result.stages] == STAGE_NAMES and len(lines) == len(STAGES)
+    assert lines[0] == "✓ load penguins (penguins@1: logistic_regression, 69 holdout rows)"
+    assert lines[3] == "✓ quantization (auto) (float: no MatMul/Gemm weights to quantize)"
+    assert lines[5].startswith("✓ intra-op threads, 1 or 4 (1: ")
+    assert lines[7] == "- wheels for x86_64 (skipped: no --offline)"
+    assert lines[9] == "- signature (skipped: no --sign-key)"
+    assert lines[10] == f"✓ write the bundle ({result.path} ({result.size_bytes:,} bytes))"
+    # the manifest records every stage that ran before it was written, with the outcome
+    assert _stages(result) == [("load", "ok"), ("convert", "ok"), ("parity", "ok"), ("quantize", "ok"),
+                               ("selftest", "ok"), ("threads", "ok"), ("fit", "ok"),
+                               ("wheels", "skipped")]
+    fit = result.manifest.build["stages"][6]["detail"]
+    assert fit.startswith("ai.onnx 22, ai.onnx.ml ") and fit.endswith("within x86_64; memory within 4096 MiB")
+    assert [s["name"] for s in result.to_dict()["stages"]] == STAGE_NAMES
+    float_only = _package(registry, tmp_path / "none", quantize="none")
+    assert ("quantize", "skipped") in _stages(float_only)
+
+
+def test_threads_rule_needs_a_clear_margin_in_every_round() -> None:
+    assert choose([1.3, 1.5, 1.4], n=4, batch=64) == (4, "4 threads 1.40x faster at batch 64 (>= 1.3x "
+                                                        "in every round)")
+    assert choose([1.29, 1.8, 1.9], n=4, batch=64) == (1, "4 threads 1.80x faster at batch 64 but "
+                                                        "1.29x in one round")
+    assert choose([1.05, 0.98, 1.0], n=2, batch=1) == (1, "2 threads only 1.00x faster at batch 1 (< 1.3x)")
+
+
+def test_threads_measured_on_the_host(registry: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["package", "penguins", "--target", "rpi4", "--registry", str(registry),
+              "-o", str(tmp_path), "--json"])
+    assert exit_.value.code == 0
+    threads = json.loads(capsys.readouterr().out)["threads"]
+    n = min(4, host_cores())
+    if n < 2:
+        assert threads["reason"] == "not measured: 1 usable core on this host"
+        return
+    assert threads["candidates"] == [1, n] and threads["typical_batch"] == 1
+    assert set(threads["median_ms"]) == {"batch 1", "batch 32"}
+    assert set(threads["median_ms"]["batch 1"]) == {"1", str(n)}
+    gains = threads["speedup_per_round"]
+    assert len(gains) == 3
+    assert threads["intra_op_threads"] == (4 if min(gains) >= MIN_SPEEDUP else 1)
+    m = open_bundle(tmp_path / "penguins-1-rpi4.edgeml").manifest
+    assert m.runtime == RuntimeInfo(threads["intra_op_threads"], 1, "measured")
+
+
+def test_threads_from_the_profile_shown_by_inspect(registry: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    _profile_file(tmp_path / "devices", "fixed", threads={"intra_op": 2, "inter_op": 1})
+    result = _package(registry, tmp_path, target="fixed", devices_dir=tmp_path / "devices")
+    assert result.manifest.runtime == RuntimeInfo(2, 1, "profile")
+    assert result.threads.reason == "2 from the profile" and result.threads.ms == {}
+    assert describe(result.path)["runtime"] == {"intra_op_threads": 2, "inter_op_threads": 1,
+                                                "threads_chosen_by": "profile"}
+    assert describe(result.path)["build_stages"][4:7] == ["selftest: ok", "threads: ok", "fit: ok"]
+    with pytest.raises(SystemExit):
+        main(["inspect", str(result.path)])
+    assert "threads:  intra-op 2 (profile), inter-op 1; memory budget 1024 MiB" in capsys.readouterr().out
+
+
+def test_a_manifest_without_runtime_means_one_thread(registry: Path, tmp_path: Path) -> None:
+    """Bundles written before the runtime block: one intra-op thread, whatever target says."""
+    result = _package(registry, tmp_path)
+    with zipfile.ZipFile(result.path) as zf:
+        raw = json.loads(zf.read("manifest.json"))
+    del raw["runtime"], raw["build"]
+    raw["target"]["intra_op_threads"] = 4
+    old = Manifest.from_dict(raw)
+    assert old.runtime == RuntimeInfo(1, 1, "default") and old.build == {}
 
 
 def test_check_opsets_names_every_figure() -> None:
@@ -140,7 +233,8 @@ def test_too_new_opset_refused_at_packaging_time(registry: Path, tmp_path: Path)
                         max_ml_opset=2, max_ir_version=7)
     out = tmp_path / "out"
     with pytest.raises(PackagingError, match=r"int8 model refused: the model does not fit old-board "
-                       r"\(onnxruntime 1\.5\.0\): it needs ai\.onnx opset 11 \(max 9\)"):
+                       r"\(onnxruntime 1\.5\.0\): int8 needs ai\.onnx opset 11 \(onnxruntime's "
+                       r"quantizer\), the target runs up to 9"):
         _package(registry, out, "penguins-mlp", target=str(old), quantize="int8")
     assert not out.exists() or not list(out.iterdir())
     # auto falls back to the float model, which the converter could emit at opset 9
@@ -223,6 +317,8 @@ def _normalized(value: Any, path: str = "") -> Any:
         return {k: "<sha256>" for k in sorted(value)}
     if path in ("provenance.recipe_sha256", "provenance.data_sha256"):
         return "<sha256>"
+    if path == "build.stages":  # names and outcomes are the structure; details carry sizes
+        return [{**s, "detail": "<detail>"} for s in value]
     if isinstance(value, dict):
         return {k: _normalized(v, f"{path}.{k}" if path else k) for k, v in value.items()}
     if isinstance(value, list):

@@ -211,19 +211,50 @@ def test_fast_feeds_equal_to_feeds_without_missing_values(
 # -- loading and verification ---------------------------------------------------------------
 
 
-def test_load_applies_target_thread_settings(penguins: tuple[Path, Path]) -> None:
-    p = Predictor(penguins[0], intra_op_threads=2)
-    assert p.session.get_session_options().intra_op_num_threads == 2
-    default = Predictor(penguins[0])
-    want = default.manifest.target.intra_op_threads  # 0 means onnxruntime's default
-    assert default.session.get_session_options().intra_op_num_threads == want
-    assert p.info()["sha256"] == p.manifest.files["model.onnx"]
+def _with_runtime(src: Path, dst: Path, runtime: dict[str, Any] | None) -> Path:
+    """``src`` with the manifest's ``runtime`` block replaced (None: removed)."""
+    with zipfile.ZipFile(src) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+    manifest.pop("runtime", None)
+    if runtime is not None:
+        manifest["runtime"] = runtime
+    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    return rewrite_member(src, dst, "manifest.json", data)
+
+
+def _spinning(p: Predictor) -> str | None:
+    try:
+        return str(p.session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning"))
+    except RuntimeError:  # not set: onnxruntime's default, spinning on
+        return None
+
+
+def test_threads_come_from_the_manifest_and_never_spin(
+    penguins: tuple[Path, Path], tmp_path: Path
+) -> None:
+    silent = Predictor(_with_runtime(penguins[0], tmp_path / "none.edgeml", None))
+    assert silent.intra_op_threads == 1  # nothing said: one thread
+    assert silent.session.get_session_options().intra_op_num_threads == 1
+    assert _spinning(silent) is None  # one thread has no pool to spin
+
+    two = Predictor(_with_runtime(penguins[0], tmp_path / "two.edgeml",
+                                  {"intra_op_threads": 2, "inter_op_threads": 1,
+                                   "threads_chosen_by": "measured"}))
+    assert two.session.get_session_options().intra_op_num_threads == 2
+    assert _spinning(two) == "0"  # a pool that busy-waits would hold a core between runs
+    assert two.predict([PENGUIN]).rows() == silent.predict([PENGUIN]).rows()
+
+    forced = Predictor(penguins[0], intra_op_threads=3)  # edgeml serve --threads 3
+    assert forced.session.get_session_options().intra_op_num_threads == 3
+    assert _spinning(forced) == "0"
+    assert forced.info()["sha256"] == forced.manifest.files["model.onnx"]
 
 
 def test_metadata_follows_the_open_inference_protocol(predictor: Predictor) -> None:
     meta = predictor.metadata()
     assert meta["name"] == "penguins" and meta["versions"] == ["1"]
-    assert meta["platform"] == "onnxruntime"
+    assert meta["platform"] == "onnxruntime_onnx"
     assert meta["inputs"][0] == {"name": "island", "datatype": "BYTES", "shape": [-1, 1]}
     assert {"name": "body_mass_g", "datatype": "FP32", "shape": [-1, 1]} in meta["inputs"]
     assert meta["outputs"] == [{"name": "label", "datatype": "BYTES", "shape": [-1]},

@@ -47,6 +47,8 @@ def test_stock_profiles_load() -> None:
     for p in profiles.values():
         assert p.model_budget_mb > 0
         assert p.quantization.policy == "auto" and p.quantization.max_metric_drop == 1.0
+        # threads are chosen per model when packaging: 1, or the cores where measured faster
+        assert p.cores == 4 and p.threads.intra_op == "auto" and p.threads.typical_batch == 1
 
 
 def test_packaged_copies_match_the_checkout() -> None:
@@ -82,6 +84,12 @@ def test_unknown_target_lists_the_known() -> None:
         ({"max_opset": 30}, r"bad\.yaml: max_opset: 30 is more than onnxruntime 1\.32\.0 implements \(28\)"),
         ({"memory_budget_mb": 64}, r"bad\.yaml: memory_budget_mb: 64 leaves no room"),
         ({"quantization": {"policy": "fp16"}}, r"bad\.yaml: quantization\.policy: Input should be"),
+        ({"quantization": {"policy": "always"}},
+         r"bad\.yaml: quantization\.policy: Input should be 'auto', 'int8' or 'none'"),
+        ({"threads": {"intra_op": "many"}},
+         r"bad\.yaml: threads\.intra_op: 'many' is not auto or a number of threads from 0 to 256"),
+        ({"threads": {"intra_op": 300}}, r"bad\.yaml: threads\.intra_op: 300 is not auto"),
+        ({"cores": 0}, r"bad\.yaml: cores: Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_profile_names_file_and_field(tmp_path: Path, change: dict[str, object], message: str) -> None:
@@ -90,6 +98,15 @@ def test_bad_profile_names_file_and_field(tmp_path: Path, change: dict[str, obje
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ProfileError, match=message):
         load_profile(path)
+
+
+def test_fixed_threads_and_older_profiles_still_load(tmp_path: Path) -> None:
+    """A profile from before `cores` and `intra_op: auto` (threads: {intra_op: 4}) still loads:
+    its number is used as given, on a device assumed to have one core."""
+    raw = {**_stock_raw(), "name": "older", "threads": {"intra_op": 4, "inter_op": 1}}
+    del raw["cores"]
+    profile = parse_profile(raw, tmp_path / "older.yaml")
+    assert (profile.cores, profile.threads.intra_op, profile.threads.typical_batch) == (1, 4, 1)
 
 
 def test_name_must_match_the_file_in_a_devices_folder(tmp_path: Path) -> None:

@@ -1,4 +1,8 @@
-"""Dynamic int8 quantization: MLPs shrink, trees are left alone, a quality drop is refused."""
+"""Dynamic int8 quantization: MLPs shrink, trees are left alone, a quality drop is refused.
+
+The mechanics are edgeml.convert.quantize; the policy (auto | int8 | none) is the packaging
+quantize stage, edgeml.package.quality.apply_policy.
+"""
 
 from __future__ import annotations
 
@@ -20,16 +24,12 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from edgeml.convert import (
-    compare,
-    decide,
-    opsets_of,
-    quantize_dynamic_int8,
-    quantize_for_target,
-    runtime_limits,
-    to_onnx,
-)
-from edgeml.errors import ConversionError, PackagingError
+from edgeml.convert import compare, decide, opsets_of, quantize_dynamic_int8, to_onnx
+from edgeml.convert.quantize import QUANTIZER_MIN_OPSET
+from edgeml.errors import PackagingError, UsageError
+from edgeml.package.policy import POLICIES
+from edgeml.package.profiles import QuantizationPolicy
+from edgeml.package.quality import QuantizationOutcome, apply_policy
 
 COLUMNS = [f"px{i}" for i in range(64)]
 FEATURES = [{"name": c, "kind": "numeric"} for c in COLUMNS]
@@ -57,13 +57,23 @@ def onnx_bytes(model) -> bytes:
     return to_onnx(pipe, FEATURES, task="classification", runtime="1.16").to_bytes()
 
 
+META = {"task": "classification", "model": {"scoring": "accuracy"}}
+
+
+def policy(model: bytes, name: str, *, max_metric_drop: float = 1.0, max_opset: int = 21) -> QuantizationOutcome:
+    """The packaging quantize stage on the digits holdout, for a target running ``max_opset``."""
+    return apply_policy(model, X_TEST, Y_TEST, META, policy=name, max_metric_drop=max_metric_drop,
+                        max_opset=max_opset, target="board (onnxruntime 1.16.0)",
+                        float_labels=lambda: Y_TEST)
+
+
 @pytest.fixture(scope="module")
 def mlp() -> bytes:
     return onnx_bytes(MLPClassifier(hidden_layer_sizes=(64,), max_iter=80, random_state=0))
 
 
 def test_mlp_quantizes_smaller_with_a_small_metric_drop(mlp: bytes) -> None:
-    decision = decide(mlp, "auto")
+    decision = decide(mlp)
     assert decision.quantize and decision.matmul_share > 0.9
     quantized = quantize_dynamic_int8(mlp)
     ops = {n.op_type for n in onnx.load_model_from_string(quantized).graph.node}
@@ -75,28 +85,44 @@ def test_mlp_quantizes_smaller_with_a_small_metric_drop(mlp: bytes) -> None:
     assert report.metric_before > 0.9 and abs(report.drop_points) <= 1.0
     assert report.drop_points == pytest.approx((report.metric_before - report.metric_after) * 100)
     assert report.latency_ms_before > 0 and report.latency_ms_after > 0 and report.runs == 20
-    report.check(max_drop_points=1.0)
     assert set(report.to_dict()) >= {"size_before", "size_after", "size_ratio", "drop_points",
                                      "latency_ms_before", "latency_ms_after"}
 
-    shipped, decision, report = quantize_for_target(
-        mlp, X_TEST, Y_TEST, task="classification", metric=accuracy_score, runs=5,
-        runtime=runtime_limits("1.16"),
-    )
-    assert report is not None and len(shipped) == report.size_after < len(mlp)
-    assert opsets_of(shipped)[""] <= 19
+    shipped = policy(mlp, "auto")
+    assert shipped.applied and len(shipped.model) == shipped.report["size_after"] < len(mlp)
+    assert shipped.reason.startswith("MatMul/Gemm weights are") and "drop" in shipped.reason
+    assert opsets_of(shipped.model)[""] == opsets_of(mlp)[""]  # already >= 11: not lifted
+    assert shipped.manifest_block()["metric"] == "accuracy"
 
 
 def test_a_too_strict_tolerance_refuses(mlp: bytes) -> None:
-    quantized = quantize_dynamic_int8(mlp)
-    report = compare(mlp, quantized, X_TEST, Y_TEST, task="classification", metric=accuracy_score,
-                     metric_name="accuracy", runs=3)
-    report.check(max_drop_points=report.drop_points)  # exactly at the limit is allowed
-    with pytest.raises(PackagingError, match=r"quantized model refused: holdout accuracy dropped .* allowed"):
-        report.check(max_drop_points=report.drop_points - 0.01)
-    with pytest.raises(PackagingError, match="quantized model refused"):
-        quantize_for_target(mlp, X_TEST, Y_TEST, task="classification", metric=accuracy_score,
-                            metric_name="accuracy", max_drop_points=-50.0, runs=3)
+    with pytest.raises(PackagingError, match=r"quantized model refused: int8 holdout accuracy dropped "
+                       r".* more than max_metric_drop -50\. Use --quantize none or auto\."):
+        policy(mlp, "int8", max_metric_drop=-50.0)
+    auto = policy(mlp, "auto", max_metric_drop=-50.0)  # auto ships float and says why
+    assert not auto.applied and auto.model == mlp
+    assert auto.reason.endswith("more than max_metric_drop -50; shipping float")
+
+
+def test_a_target_below_the_quantizer_opset(mlp: bytes) -> None:
+    """onnxruntime's quantizer lifts models to opset 11: known before anything is quantized."""
+    old = QUANTIZER_MIN_OPSET - 1
+    with pytest.raises(PackagingError, match=rf"int8 model refused: the model does not fit board "
+                       rf"\(onnxruntime 1\.16\.0\): int8 needs ai\.onnx opset 11 .* up to {old}"):
+        policy(mlp, "int8", max_opset=old)
+    auto = policy(mlp, "auto", max_opset=old)
+    assert not auto.applied and auto.model == mlp and auto.report == {}
+    assert auto.reason.startswith("int8 does not fit (") and auto.reason.endswith("shipping float")
+
+
+def test_one_policy_vocabulary(mlp: bytes) -> None:
+    assert POLICIES == ("auto", "int8", "none")
+    assert QuantizationPolicy.model_fields["policy"].annotation.__args__ == POLICIES
+    none = policy(mlp, "none")
+    assert not none.applied and none.model == mlp and none.reason == "policy none"
+    for old in ("always", "never"):  # convert.quantize's former spelling is gone
+        with pytest.raises(UsageError, match=rf"policy '{old}' is not one of auto, int8, none"):
+            policy(mlp, old)
 
 
 def test_lower_is_better_metrics_flip_the_sign(mlp: bytes) -> None:
@@ -112,17 +138,16 @@ def test_lower_is_better_metrics_flip_the_sign(mlp: bytes) -> None:
 
 def test_auto_never_quantizes_a_random_forest() -> None:
     forest = onnx_bytes(RandomForestClassifier(n_estimators=5, max_depth=6, random_state=0))
-    decision = decide(forest, "auto")
+    decision = decide(forest)
     assert not decision.quantize and "tree ensembles" in decision.reason
-    shipped, decision, report = quantize_for_target(forest, X_TEST, Y_TEST, task="classification",
-                                                    metric=accuracy_score)
-    assert shipped == forest and report is None
+    shipped = policy(forest, "auto")
+    assert shipped.model == forest and not shipped.applied and shipped.report == {}
 
 
 def test_auto_skips_a_linear_model_without_matmul() -> None:
     linear = onnx_bytes(LogisticRegression(max_iter=300))
-    decision = decide(linear, "auto")
+    decision = decide(linear)
     assert not decision.quantize and decision.reason == "no MatMul/Gemm weights to quantize"
-    assert decide(linear, "always").quantize and not decide(linear, "never").quantize
-    with pytest.raises(ConversionError, match="policy 'sometimes' is not one of auto, always, never"):
-        decide(linear, "sometimes")
+    assert not policy(linear, "auto").applied
+    forced = policy(linear, "int8")  # int8 quantizes whatever it can, judged all the same
+    assert forced.applied and forced.reason.startswith("policy int8; holdout accuracy drop")

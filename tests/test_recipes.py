@@ -57,3 +57,48 @@ def test_recipe_trains_and_meets_its_gates(path: Path, tmp_path: Path) -> None:
         metric, floor = PROMISES[path.stem]
         assert meta["metrics"]["holdout"][metric] >= floor
     assert Registry(tmp_path).resolve(path.stem).meta == meta
+
+
+SGD_RECIPE = """\
+name: iris-sgd
+task: classification
+data: {source: sklearn:iris, target: target}
+split: {holdout: 0.3, stratify: true, cv: 3, seed: 42}
+candidates:
+  - family: sgd
+    params: {loss: [modified_huber], alpha: [0.01]}
+gates: {accuracy: ">= 0.6"}
+"""
+
+
+def test_sgd_modified_huber_recipe_trains_packages_and_predicts_like_sklearn(tmp_path: Path) -> None:
+    from edgeml.package.builder import package
+    from edgeml.runtime.predictor import Predictor
+
+    path = tmp_path / "iris-sgd.yaml"
+    path.write_text(SGD_RECIPE)
+    result = train(path, registry=tmp_path / "reg")
+    bundle = package("iris-sgd", target="x86_64", registry=tmp_path / "reg", out_dir=tmp_path)
+    assert bundle.parity["passed"] is True and bundle.parity["tied_rows"] == 0
+    entry = Registry(tmp_path / "reg").resolve("iris-sgd")
+    X, _ = entry.load_holdout()
+    pipeline = entry.load_pipeline()
+    assert pipeline[-1].loss == "modified_huber" and result.ref == "iris-sgd@1"
+    pred = Predictor(bundle.path).predict(X.to_dict(orient="records")).to_dict()
+    assert [p["label"] for p in pred["predictions"]] == [str(v) for v in pipeline.predict(X)]
+
+
+def test_unconvertible_recipe_is_refused_by_edgeml_train_before_any_work(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "iris-sgd.yaml"
+    path.write_text(SGD_RECIPE.replace("modified_huber", "hinge"))
+    proc = subprocess.run([sys.executable, "-m", "edgeml", "train", str(path), "--registry",
+                           str(tmp_path / "reg")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"error: {path}: candidates[0].params.loss: 'hinge' cannot be converted to ONNX by "
+        "skl2onnx for SGDClassifier: only these losses have predict_proba, which the bundle's "
+        "probabilities output needs; use 'log_loss' or 'modified_huber'")
+    assert not (tmp_path / "reg").exists()

@@ -14,36 +14,16 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_model_json
 from sklearn.dummy import DummyClassifier
 
 from edgeml.errors import NotFoundError, RegistryError, UsageError
+from edgeml.train.model_json import dump_model_json, parse_model_json, primary_metric
 from edgeml.train.registry import Registry, compare_entries, parse_ref, summarize_entry
-
-FEATURES = [
-    {"name": "x", "kind": "numeric", "dtype": "float32", "nullable": True, "categories": None,
-     "min": 0.0, "max": 1.0},
-    {"name": "c", "kind": "categorical", "dtype": "string", "nullable": True,
-     "categories": ["a", "b"], "min": None, "max": None},
-]
 
 
 def _meta(name: str, version: int, **over: Any) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "schema_version": 1, "name": name, "version": version, "task": "classification",
-        "created_at": "2026-11-28T17:00:00Z",
-        "model": {"family": "knn", "params": {"n_neighbors": 3}, "cv_mean": 0.9, "cv_std": 0.01,
-                  "scoring": "f1_macro"},
-        "data": {"sha256": "aa" * 32, "rows_used": 10},
-        "recipe_sha256": "r1",
-        "metrics": {"holdout": {"accuracy": 0.9, "f1_macro": 0.88, "confusion_matrix": [[1]]}},
-        "features": FEATURES,
-        "target": {"name": "label", "classes": ["1", "2"]},
-        "files": {"pipeline": "pipeline.joblib", "holdout": "holdout.parquet",
-                  "report": "report.html"},
-    }
-    for key, value in over.items():
-        meta[key] = value
-    return meta
+    return make_model_json(name, version, **over)
 
 
 def _writer(name: str, **over: Any) -> Any:
@@ -178,7 +158,7 @@ def test_summary_and_compare(tmp_path: Path) -> None:
     b = reg.register("m", _writer(
         "m", model={"family": "knn", "params": {"n_neighbors": 5}, "cv_mean": 0.9,
                     "cv_std": 0.01, "scoring": "f1_macro"},
-        metrics={"holdout": {"accuracy": 0.95, "f1_macro": 0.88}}))
+        metrics={"primary": "f1_macro", "holdout": {"accuracy": 0.95, "f1_macro": 0.88}}))
     summary = summarize_entry(a)
     assert summary["ref"] == "m@1" and summary["holdout"] == {"accuracy": 0.9, "f1_macro": 0.88}
     cmp = compare_entries(a, b)
@@ -189,3 +169,120 @@ def test_summary_and_compare(tmp_path: Path) -> None:
     assert cmp["general"]["data_sha256"]["same"] is True
     assert cmp["differences"] == ["params.n_neighbors", "metrics.accuracy"]
     assert json.loads(json.dumps(cmp)) == cmp
+
+
+# -- model.json schema: validated when written and whenever read -----------------------------
+
+
+def _register_raw(tmp_path: Path, meta: dict[str, Any]) -> Path:
+    """A valid entry whose model.json is then replaced by ``meta`` (as a user or bug would)."""
+    entry = Registry(tmp_path).register("m", _writer("m"))
+    (entry.path / "model.json").write_text(json.dumps(meta))
+    return entry.path / "model.json"
+
+
+def test_unknown_major_schema_version_is_refused_naming_file_and_field(tmp_path: Path) -> None:
+    path = _register_raw(tmp_path, _meta("m", 1, schema_version=2))
+    with pytest.raises(RegistryError) as exc:
+        Registry(tmp_path).resolve("m")
+    assert str(exc.value).startswith(f"{path}: schema_version: version 2 is not supported")
+    assert "reads model.json schema version 1" in str(exc.value)
+
+
+def test_a_wrong_field_names_file_and_field(tmp_path: Path) -> None:
+    bad = _meta("m", 1)
+    bad["data"] = {**bad["data"], "holdout_rows": "many"}
+    path = _register_raw(tmp_path, bad)
+    with pytest.raises(RegistryError, match=rf"^{path}: data\.holdout_rows: "):
+        Registry(tmp_path).list()
+    bad = _meta("m", 1)
+    bad["features"][1] = {**bad["features"][1], "kind": "image"}
+    _register_raw(tmp_path / "2", bad)
+    with pytest.raises(RegistryError, match=r"model\.json: features\[1\]\.kind: Input should be"):
+        Registry(tmp_path / "2").resolve("m@1")
+    _register_raw(tmp_path / "3", {k: v for k, v in _meta("m", 1).items() if k != "schema_version"})
+    with pytest.raises(RegistryError, match=r"model\.json: schema_version: missing"):
+        Registry(tmp_path / "3").resolve("m")
+
+
+def test_holdout_metrics_must_be_numbers(tmp_path: Path) -> None:
+    path = _register_raw(tmp_path, _meta("m", 1, metrics={"holdout": {"accuracy": "high"}}))
+    with pytest.raises(RegistryError, match=rf"^{path}: metrics\.holdout: .*accuracy: expected a number"):
+        Registry(tmp_path).resolve("m")
+
+
+def test_entry_must_match_its_folder(tmp_path: Path) -> None:
+    _register_raw(tmp_path, _meta("m", 3))
+    with pytest.raises(RegistryError, match=r"name/version: says m@3, but the folder is m@1"):
+        Registry(tmp_path).resolve("m")
+
+
+def test_register_refuses_an_invalid_model_json_and_registers_nothing(tmp_path: Path) -> None:
+    def write(folder: Path, version: int) -> None:
+        _writer("m", task="clustering")(folder, version)
+
+    with pytest.raises(RegistryError, match=r"model\.json: task: Input should be"):
+        Registry(tmp_path).register("m", write)
+    assert list((tmp_path / "m").iterdir()) == []
+
+
+def test_older_entries_get_their_primary_metric_and_unknown_fields_are_ignored(tmp_path: Path) -> None:
+    legacy = _meta("m", 1, metrics={"holdout": {"accuracy": 0.9, "f1_macro": 0.88}},
+                   added_in_a_later_minor={"x": 1})
+    _register_raw(tmp_path, legacy)
+    entry = Registry(tmp_path).resolve("m")
+    assert entry.record.metrics.primary == "f1_macro"  # the recipe's scoring
+    assert "added_in_a_later_minor" not in entry.meta
+    assert summarize_entry(entry)["primary"] == "f1_macro"
+
+
+def test_primary_metric_rule() -> None:
+    hold = {"accuracy": 0.9, "f1_macro": 0.8, "confusion_matrix": [[1]]}
+    assert primary_metric("classification", hold, "f1_macro", ["accuracy"]) == "f1_macro"
+    assert primary_metric("classification", hold, "neg_log_loss", ["accuracy"]) == "accuracy"
+    assert primary_metric("classification", hold, None, []) == "f1_macro"
+    assert primary_metric("anomaly", {"anomaly_rate": 0.1, "f1": None}, None, []) == "anomaly_rate"
+    assert primary_metric("regression", {}, "r2", []) is None
+
+
+def test_trainer_output_is_checked_strictly() -> None:
+    meta = _meta("m", 1)
+    blob = dump_model_json(meta)
+    assert json.loads(blob) == parse_model_json(meta).to_dict()
+    with pytest.raises(RegistryError, match=r"model\.json: modle: not a field of model\.json schema 1"):
+        dump_model_json({**meta, "modle": {}})
+    with pytest.raises(RegistryError, match=r"model\.json: model\.cv_meen: not a field"):
+        dump_model_json({**meta, "model": {**meta["model"], "cv_meen": 0.5}})
+    with pytest.raises(RegistryError, match=r"metrics\.primary: 'r2' is not a holdout metric"):
+        dump_model_json({**meta, "metrics": {**meta["metrics"], "primary": "r2"}})
+
+
+def test_bundle_metrics_have_one_shape() -> None:
+    record = parse_model_json(_meta("m", 1, metrics={
+        "primary": "f1_macro",
+        "holdout": {"accuracy": 0.9, "f1_macro": 0.88, "roc_auc_ovr": None,
+                    "confusion_matrix": [[1, 0], [1, 2]],
+                    "per_class": {"1": {"precision": 0.5, "recall": 1.0, "f1": 0.67, "support": 1},
+                                  "2": {"precision": 1.0, "recall": 0.67, "f1": 0.8, "support": 3}}},
+    }))
+    m = record.bundle_metrics()
+    assert m.primary == "f1_macro" and m.primary_value == 0.88
+    assert m.holdout == {"accuracy": 0.9, "f1_macro": 0.88}  # null (undefined) metrics left out
+    assert m.holdout_rows == 2 and m.confusion_matrix == [[1, 0], [1, 2]]
+    assert m.per_class is not None and m.per_class["2"]["support"] == 3
+
+
+def test_cli_readers_report_a_bad_model_json_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edgeml.cli import main
+
+    path = _register_raw(tmp_path, _meta("m", 1, schema_version=9))
+    for args in (["models", "list"], ["models", "show", "m"], ["models", "compare", "m", "m@1"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*args, "--registry", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert exc.value.code == 1
+        assert err == (f"error: {path}: schema_version: version 9 is not supported: this edgeml "
+                       "reads model.json schema version 1 (re-train the model, or use the edgeml "
+                       "that wrote it)\n")

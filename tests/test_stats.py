@@ -188,3 +188,64 @@ def test_concurrent_recording_loses_nothing(clf: Predictor) -> None:
     assert sum(s["errors"]["total"] for s in snaps) == 4 * 2000
     fam = parse_prometheus(stats.prometheus_text())
     assert sample_value(fam, "edgeml_requests_total", endpoint="/v1/predict") == 4 * 2000 * 2
+
+
+# -- quantile reference profiles (edgeml.train.reference) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fleet_predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+    from fleet_support import make_fleet_bundle
+
+    path, _ = make_fleet_bundle(tmp_path_factory.mktemp("stats-fleet"), n=800)
+    return Predictor(path)
+
+
+def test_open_quantile_bins_take_every_value_and_count_out_of_range(fleet_predictor: Predictor) -> None:
+    p = fleet_predictor
+    ref = p.manifest.reference_profile["features"]["temp"]
+    edges = np.asarray(ref["bin_edges"])
+    values = [ref["min"] - 50.0, float(edges[0]) - 0.01, float(edges[0]), float(edges[3]),
+              float(edges[-1]) + 0.5, ref["max"] + 1.0, ref["max"] + 2.0, None]
+    stats = RuntimeStats(p.manifest, flush_rows=3)
+    for v in values:
+        _record(stats, p, [{**ROW, "temp": v}])
+    temp = stats.window()["features"]["temp"]
+    expected = np.bincount(np.searchsorted(edges, np.asarray(values[:-1], dtype=np.float32)
+                                           .astype(np.float64), side="right"), minlength=len(edges) + 1)
+    assert temp["counts"] == expected.tolist() and len(temp["counts"]) == len(edges) + 1
+    assert (temp["below"], temp["above"], temp["out_of_range"], temp["missing"]) == (1, 2, 3, 1)
+
+
+def test_confidence_histogram_and_class_counts_follow_the_reference(fleet_predictor: Predictor) -> None:
+    p = fleet_predictor
+    stats = RuntimeStats(p.manifest, flush_rows=50)
+    rows = [{"temp": t, "pressure": 1000.0 + (t % 7), "color": ("red", "blue", "green")[int(t) % 3]}
+            for t in np.linspace(-5, 45, 173).tolist()]
+    for start in range(0, len(rows), 9):
+        _record(stats, p, rows[start:start + 9])
+    pred = stats.window()["predictions"]
+    probs = p.run(p.feeds(rows)).probabilities
+    assert probs is not None
+    top = probs.max(axis=1).astype(np.float64)
+    expected = np.bincount(np.minimum((top * 10).astype(int), 9), minlength=10)
+    assert pred["confidence"]["counts"] == expected.tolist()
+    assert pred["confidence"]["count"] == len(rows)
+    assert pred["confidence"]["mean"] == pytest.approx(float(top.mean()), rel=1e-6)
+    labels = p.run(p.feeds(rows)).labels or []
+    assert pred["by_class"] == [labels.count(c) for c in p.manifest.outputs.classes or []]
+
+
+def test_categorical_known_counts_are_in_the_reference_order(fleet_predictor: Predictor) -> None:
+    from edgeml.runtime.features import reference_categories
+
+    p = fleet_predictor
+    stats = RuntimeStats(p.manifest)
+    colors = ["red", "red", "blue", "purple", "", "green", "red"]
+    for c in colors:
+        _record(stats, p, [{**ROW, "color": c}])
+    color = stats.window()["features"]["color"]
+    spec = next(s for s in p.manifest.inputs if s.name == "color")
+    order = reference_categories(spec, p.manifest.reference_profile["features"]["color"])
+    assert color["known"] == [colors.count(c) for c in order]
+    assert (color["unseen"], color["missing"]) == (1, 1)

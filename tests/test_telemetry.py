@@ -95,7 +95,7 @@ def test_state_and_info_are_retained(device: tuple[Server, DeviceTopics], record
     info = info_msg.json()
     with zipfile.ZipFile(bundle) as zf:
         sha = hashlib.sha256(zf.read("model.onnx")).hexdigest()
-    assert info["schema"] == "edgeml.info/1"
+    assert info["schema"] == "edgeml.info/2"
     assert (info["device"], info["fleet"]) == (topics.device, topics.fleet)
     assert info["session"] >= 1
     assert info["model"]["name"] == "pump" and info["model"]["version"] == 1
@@ -126,7 +126,7 @@ def test_metrics_windows_after_http_predictions(device: tuple[Server, DeviceTopi
     while totals["rows"] < 20 or totals["errors"] < 1:
         m = recorder.wait_for(lambda m: m.topic == topics.metrics, what="metrics").json()
         seqs.append(m["seq"])
-        assert m["schema"] == "edgeml.metrics/1"
+        assert m["schema"] == "edgeml.metrics/2"
         assert (m["device"], m["fleet"]) == (topics.device, topics.fleet)
         assert m["window"]["seconds"] > 0 and m["window"]["start"] < m["window"]["end"]
         assert m["spool"]["dropped_total"] == 0

@@ -155,7 +155,8 @@ def test_same_seed_gives_identical_metrics_and_two_versions(
     rows = json.loads(out)
     assert [r["ref"] for r in rows] == ["tiny@1", "tiny@2"]
     assert set(rows[0]) == {"ref", "name", "version", "task", "created_at", "family", "scoring",
-                            "cv_mean", "holdout", "data_sha256", "path"}
+                            "cv_mean", "primary", "holdout", "data_sha256", "path"}
+    assert rows[0]["primary"] == "f1_macro"
     assert rows[0]["holdout"]["accuracy"] == first.metrics["accuracy"]
     code, out, _ = _run(capsys, "models", "list", "--registry", str(reg))
     assert code == 0 and "tiny@2" in out and "f1_macro" in out

@@ -91,7 +91,7 @@ def test_flipped_byte_in_the_archive_is_named(tmp_path: Path) -> None:
 def test_edited_manifest_breaks_the_signature(signed: Path, keys: dict[str, tuple[Path, Path]]) -> None:
     files = tiny_bundle.read_members(signed)
     raw = json.loads(files[MANIFEST])
-    raw["metrics"] = {"accuracy": 0.999}
+    raw["metrics"] = {"primary": "accuracy", "holdout": {"accuracy": 0.999}}
     files[MANIFEST] = Manifest.from_dict(raw).to_json()
     tiny_bundle.write(signed, files)  # keeps the old manifest.sig
     with pytest.raises(SignatureError, match=r"signature check failed: .*does not match manifest\.json"):

@@ -4,6 +4,7 @@ Device-safe: standard library and numpy only. Each raw feature is one ONNX input
 shape ``[rows, 1]``: float32 for numeric features (``None`` becomes NaN where the
 schema allows it), strings for categorical and text features (``None`` becomes ``""``).
 Every error is an :class:`~edgeml.errors.InputError` that names the feature and row.
+Derived inputs (a raw timestamp, see :mod:`edgeml.bundle.derive`) are expanded first.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeml.bundle.manifest import InputSpec
+from edgeml.bundle.derive import derive_columns
+from edgeml.bundle.manifest import DerivedInput, InputSpec
 from edgeml.errors import InputError
 
 __all__ = ["rows_to_columns", "to_feeds"]
@@ -88,10 +90,14 @@ def _string(spec: InputSpec, values: Any, n: int) -> np.ndarray:
     return out
 
 
-def to_feeds(inputs: Sequence[InputSpec], columns: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Validate ``columns`` (feature -> values) against ``inputs`` and build the ONNX feeds."""
+def to_feeds(inputs: Sequence[InputSpec], columns: Mapping[str, Any],
+             derived: Sequence[DerivedInput] = ()) -> dict[str, np.ndarray]:
+    """Validate ``columns`` (feature -> values) against ``inputs`` and build the ONNX feeds.
+
+    ``derived`` (the manifest's): raw columns to expand into numeric inputs first."""
     if not isinstance(columns, Mapping):
         raise InputError("expected an object mapping feature names to values")
+    columns = derive_columns(derived, columns)
     expected = [spec.name for spec in inputs]
     unknown = [k for k in columns if k not in set(expected)]
     if unknown:

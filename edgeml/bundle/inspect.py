@@ -6,7 +6,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from edgeml.bundle.manifest import MANIFEST, MODEL, SIGNATURE
+from edgeml.bundle.manifest import MANIFEST, MODEL, SIGNATURE, Metrics
 from edgeml.bundle.reader import open_bundle
 from edgeml.errors import BundleError
 
@@ -17,10 +17,10 @@ HEADLINE = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc_ovr", "log_los
             "r2", "rmse", "mae", "mape", "anomaly_rate", "precision", "recall", "f1")
 
 
-def headline_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """Scalar holdout metrics from a manifest's ``metrics`` (flat or under ``holdout``)."""
-    flat = metrics.get("holdout", metrics) if isinstance(metrics.get("holdout"), dict) else metrics
-    return {k: float(flat[k]) for k in HEADLINE if isinstance(flat.get(k), (int, float))}
+def headline_metrics(metrics: Metrics) -> dict[str, float]:
+    """The holdout metrics worth a summary line: the primary one first, then :data:`HEADLINE`."""
+    order = [metrics.primary, *HEADLINE] if metrics.primary else list(HEADLINE)
+    return {k: metrics.holdout[k] for k in dict.fromkeys(order) if k and k in metrics.holdout}
 
 
 def describe(path: Path | str) -> dict[str, Any]:
@@ -49,6 +49,12 @@ def describe(path: Path | str) -> dict[str, Any]:
             "inter_op_threads": m.target.inter_op_threads,
             "memory_budget_mb": m.target.memory_budget_mb,
         },
+        "runtime": {
+            "intra_op_threads": m.runtime.intra_op_threads,
+            "inter_op_threads": m.runtime.inter_op_threads,
+            "threads_chosen_by": m.runtime.threads_chosen_by,
+        },
+        "build_stages": [f"{s.get('name')}: {s.get('outcome')}" for s in m.build.get("stages", [])],
         "onnx": {
             "opset": m.onnx.opset,
             "ir_version": m.onnx.ir_version,
@@ -66,8 +72,14 @@ def describe(path: Path | str) -> dict[str, Any]:
             }
             for i in m.inputs
         ],
+        "derived_inputs": [
+            {"source": d.source, "kind": d.kind, "timezone": d.timezone, "features": d.features,
+             "inputs": d.names}
+            for d in m.derived
+        ],
         "outputs": {k: v for k, v in vars(m.outputs).items() if v is not None},
         "metrics": headline_metrics(m.metrics),
+        "primary_metric": m.metrics.primary,
         "parity": m.parity,
         "quantization": m.quantization,
         "provenance": m.provenance,

@@ -32,7 +32,7 @@ import numpy as np
 from edgeml.bundle.feeds import rows_to_columns, to_feeds
 from edgeml.bundle.manifest import MANIFEST, MODEL, SELFTEST, SIGNATURE, Manifest
 from edgeml.bundle.reader import Bundle, open_bundle
-from edgeml.bundle.session import cpu_session
+from edgeml.bundle.session import bundle_session
 from edgeml.bundle.signature import check_signature
 from edgeml.errors import BundleError, EdgeMLError, InputError, SignatureError
 
@@ -126,14 +126,7 @@ def _files(bundle: Bundle) -> str:
 
 
 def _session(bundle: Bundle) -> Any:
-    import onnxruntime as ort
-
-    try:
-        session = cpu_session(bundle.read(MODEL))
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... classes
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BundleError(f"{MODEL}: onnxruntime {ort.__version__} cannot load it: {first}") from exc
-    return session
+    return bundle_session(bundle.read(MODEL))
 
 
 def _io(manifest: Manifest, session: Any) -> str:
@@ -191,8 +184,8 @@ def _selftest(bundle: Bundle, session: Any) -> str:
     if not isinstance(expected, dict):
         raise BundleError(f"{SELFTEST}: expected: must map output names to values")
     try:
-        feeds = to_feeds(bundle.manifest.inputs, rows_to_columns(rows))
-    except InputError as exc:
+        feeds = to_feeds(bundle.manifest.inputs, rows_to_columns(rows), bundle.manifest.derived)
+    except (InputError, BundleError) as exc:
         raise BundleError(f"{SELFTEST}: {exc}") from exc
     names = list(expected)
     if not names:  # hand-made bundles: the rows must still feed and run

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
-from edgeml.cli import bundle, explore, mqtt, package, runtime, train  # noqa: F401  (registers commands)
+from edgeml.cli import (  # noqa: F401  (registers commands)
+    agent,
+    bundle,
+    dashboard,
+    evaluate,
+    explore,
+    fleet,
+    monitor,
+    mqtt,
+    package,
+    runtime,
+    serve,
+    simulate,
+    train,
+)
 from edgeml.cli.base import cli, main
 
 __all__ = ["cli", "main"]

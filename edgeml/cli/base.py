@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,8 +49,23 @@ def print_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="edgeml")
+def text_table(rows: Sequence[Sequence[str]], *, indent: str = "",
+               right: Collection[int] = ()) -> str:
+    """Plain aligned text (device-safe, no rich): columns two spaces apart, left-aligned
+    except the column numbers in ``right``; trailing spaces stripped."""
+    if not rows:
+        return ""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        indent + "  ".join(cell.rjust(w) if c in right else cell.ljust(w)
+                           for c, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+        for row in rows
+    )
+
+
+# auto_envvar_prefix: every option of every command may come from $EDGEML_<COMMAND>_<OPTION>
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "EDGEML"})
+@click.version_option(__version__, prog_name="edgeml", allow_from_autoenv=False)  # not $EDGEML_VERSION
 def cli() -> None:
     """edgeml: train on a workstation, ship ONNX bundles to edge devices, serve and monitor them."""
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from edgeml.cli.base import cli, json_option, print_json
+from edgeml.cli.base import cli, json_option, print_json, text_table
 
 
 def _size(n: int | None) -> str:
@@ -25,11 +25,8 @@ def _size(n: int | None) -> str:
     return f"{value:.1f} GiB"
 
 
-def _table(rows: list[list[str]], indent: str = "  ") -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )
+def _table(rows: list[list[str]]) -> str:
+    return text_table(rows, indent="  ")
 
 
 def _input_detail(spec: dict[str, Any]) -> str:
@@ -53,7 +50,8 @@ def render_description(d: dict[str, Any]) -> str:
         f"onnxruntime >= {o['min_onnxruntime']}{', int8 quantized' if o['quantized'] else ''})",
         f"wheels:   {s['wheels']} ({_size(s['wheels_bytes'])})" if s["wheels"] else "wheels:   none",
         f"signed:   {'yes (manifest.sig)' if d['signed'] else 'no'}",
-        f"threads:  intra-op {t['intra_op_threads']}, inter-op {t['inter_op_threads']}"
+        f"threads:  intra-op {d['runtime']['intra_op_threads']} ({d['runtime']['threads_chosen_by']}), "
+        f"inter-op {d['runtime']['inter_op_threads']}"
         + (f"; memory budget {t['memory_budget_mb']} MiB" if t["memory_budget_mb"] else ""),
         "",
         "inputs:",
@@ -62,6 +60,9 @@ def render_description(d: dict[str, Any]) -> str:
     rows += [[i["name"], i["kind"], i["dtype"], "yes" if i["nullable"] else "no", _input_detail(i)]
              for i in d["inputs"]]
     lines.append(_table(rows))
+    for x in d.get("derived_inputs") or []:  # raw values the device sends, derived before ONNX
+        lines.append(f"derived:  {x['source']} ({x['kind']}, naive = {x['timezone']}) -> "
+                     + ", ".join(x["inputs"]))
     out = dict(d["outputs"])
     classes = out.pop("classes", None)
     label_dtype = out.pop("label_dtype", None)
@@ -70,8 +71,10 @@ def render_description(d: dict[str, Any]) -> str:
     if classes:
         lines.append("classes:  " + ", ".join(classes))
     if d["metrics"]:
-        lines.append("metrics:  " + ", ".join(f"{k} {v:.4g}" for k, v in d["metrics"].items())
-                     + " (holdout)")
+        primary = d.get("primary_metric")
+        lines.append("metrics:  " + ", ".join(
+            f"{k} {v:.4g}" + (" (primary)" if k == primary else "") for k, v in d["metrics"].items()
+        ) + " (holdout)")
     parity = d["parity"]
     if parity:
         keys = [k for k in ("passed", "rows", "max_abs_diff", "label_mismatches") if k in parity]

@@ -10,7 +10,15 @@ from typing import Any
 
 import click
 
-from edgeml.cli.base import cli, json_option, print_json, registry_dir, registry_option
+from edgeml.cli.base import (
+    cli,
+    json_option,
+    print_json,
+    registry_dir,
+    registry_option,
+    text_table,
+)
+from edgeml.package.policy import POLICIES
 
 DEFAULT_OUT = "bundles"
 
@@ -42,9 +50,7 @@ def devices_cmd(devices_dir: str | None, as_json: bool) -> None:
         rows.append([p.name, p.arch, p.python, p.onnxruntime,
                      f"{p.max_opset}/{p.max_ml_opset}/{p.max_ir_version}",
                      f"{p.memory_budget_mb} MiB", p.runtime.method])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    click.echo(text_table(rows))
     click.echo("")
     for p in profiles:
         click.echo(f"{p.name}: {p.description} [{p.path}]")
@@ -57,7 +63,7 @@ def devices_cmd(devices_dir: str | None, as_json: bool) -> None:
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=DEFAULT_OUT,
               show_default=True, help="Folder the bundle is written to.")
 @registry_option
-@click.option("--quantize", type=click.Choice(["auto", "int8", "none"]), default=None,
+@click.option("--quantize", type=click.Choice(POLICIES), default=None,
               help="int8 quantization policy (default: the profile's, normally auto).")
 @click.option("--offline", is_flag=True,
               help="Include the wheels the target needs to install the runtime without a network.")
@@ -69,8 +75,9 @@ def package_cmd(ref: str, target: str, out_dir: str, registry: str | None, quant
                 offline: bool, sign_key: str | None, devices_dir: str | None, as_json: bool) -> None:
     """Package a registered model (NAME or NAME@VERSION) as a bundle for a device.
 
-    Converts to ONNX within the device's limits, checks parity, quantizes per policy,
-    checks opsets and memory, and writes <name>-<version>-<target>.edgeml.
+    Stages: load, convert (ONNX within the device's limits), parity, quantize (per policy),
+    selftest, threads (1 or the device's cores, measured), fit (opsets, IR, memory), wheels
+    (--offline), manifest, sign (--sign-key), write <name>-<version>-<target>.edgeml.
     Example: edgeml package iris --target rpi4
     """
     from edgeml.package.builder import package
@@ -88,12 +95,13 @@ def package_cmd(ref: str, target: str, out_dir: str, registry: str | None, quant
     if as_json:
         print_json(result.to_dict())
         return
-    m, mem, q = result.manifest, result.memory, result.quantization
+    m, mem, q, t = result.manifest, result.memory, result.quantization, result.threads
     click.echo(f"{result.path}  {result.size_bytes:,} bytes")
     click.echo(f"  {m.ref} for {m.target.name}: opset {m.onnx.opset}, IR {m.onnx.ir_version}, "
                f"onnxruntime >= {m.onnx.min_onnxruntime}{', int8' if m.onnx.quantized else ''}")
     click.echo(f"  memory: model adds {mem.added_mb:.1f} MiB, {mem.total_mb:.0f} of "
                f"{mem.budget_mb} MiB budget with the runtime")
+    click.echo(f"  threads: intra-op {t.intra_op} ({t.chosen_by}: {t.reason})")
     if q.report:
         r = q.report
         click.echo(f"  quantization: {'int8 shipped' if q.applied else 'float shipped'}")

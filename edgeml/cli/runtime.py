@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from edgeml.cli.base import cli, json_option, print_json
+from edgeml.cli.base import cli, json_option, print_json, text_table
 
 
 def _table(result: dict[str, Any]) -> str:
@@ -26,12 +26,9 @@ def _table(result: dict[str, Any]) -> str:
         header = ["row", "label", "score"]
         body = [[str(i), p["label"], f"{p.get('score', float('nan')):.4f}"]
                 for i, p in enumerate(preds)]
-    widths = [max(len(r[c]) for r in [header, *body]) for c in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) if c != 1 else cell.ljust(w)
-                       for c, (cell, w) in enumerate(zip(row, widths, strict=False))).rstrip()
-             for row in [header, *body]]
+    right = {c for c in range(len(header)) if c != 1}
     m = result["model"]
-    return f"{m['name']}@{m['version']} ({m['target']})\n" + "\n".join(lines)
+    return f"{m['name']}@{m['version']} ({m['target']})\n" + text_table([header, *body], right=right)
 
 
 @cli.command("predict")

@@ -47,14 +47,14 @@ def _leaderboard_table(rows: list[dict[str, Any]], scoring: str | None) -> Any:
     return table
 
 
-def _metrics_table(title: str, metrics: dict[str, Any]) -> Any:
+def _metrics_table(title: str, metrics: dict[str, Any], primary: str | None = None) -> Any:
     from rich.table import Table
 
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in _scalar_metrics(metrics).items():
-        table.add_row(k, _fmt(v))
+        table.add_row(f"{k} (primary)" if k == primary else k, _fmt(v))
     return table
 
 
@@ -98,7 +98,7 @@ def train_command(recipe: Path, data: Path | None, registry: str | None, as_json
     out = Console(highlight=False)
     out.print(_leaderboard_table(result.leaderboard, meta["model"]["scoring"]))
     out.print(_metrics_table(f"Holdout metrics ({meta['data']['holdout_rows']} rows)",
-                             result.metrics))
+                             result.metrics, meta["metrics"]["primary"]))
     if result.gates:
         out.print(_gates_table(result.gates))
     for where, msgs in result.warnings.items():
@@ -139,11 +139,10 @@ def models_list(name: str | None, registry: str | None, as_json: bool) -> None:
     for col in ("ref", "family", "created (UTC)", "holdout", "data"):
         table.add_column(col, no_wrap=col in ("ref", "holdout", "created (UTC)"))
     for r in rows:
-        hold = r["holdout"]
-        key = next((k for k in ("f1_macro", "r2", "f1", "anomaly_rate") if k in hold), None)
+        hold, key = r["holdout"], r["primary"]
         created = (r["created_at"] or "-").replace("T", " ")[:16]
         table.add_row(r["ref"], r["family"] or "-", created,
-                      f"{key} {_fmt(hold[key], 3)}" if key else "-",
+                      f"{key} {_fmt(hold[key], 3)}" if key in hold else "-",
                       (r["data_sha256"] or "-")[:8])
     out.print(table)
 
@@ -176,7 +175,8 @@ def models_show(ref: str, registry: str | None, as_json: bool) -> None:
     classes = (m.get("target") or {}).get("classes")
     click.echo(f"target: {(m.get('target') or {}).get('name')}"
                + (f"  classes {', '.join(classes)}" if classes else ""))
-    out.print(_metrics_table("Holdout metrics", m.get("metrics", {}).get("holdout", {})))
+    out.print(_metrics_table("Holdout metrics", entry.record.holdout_scalars(),
+                             entry.record.metrics.primary))
     if m.get("gates"):
         out.print(_gates_table(m["gates"]))
     feats = Table(title="Features")

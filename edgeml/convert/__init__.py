@@ -4,7 +4,7 @@
 
     to_onnx(pipeline, features, task=..., runtime="1.16")  -> ExportResult (ModelProto + facts)
     check_parity(pipeline, model_bytes, X, task=...)        -> ParityReport (or ParityError)
-    decide / quantize_dynamic_int8 / compare / quantize_for_target   (int8, MatMul-heavy models)
+    decide / quantize_dynamic_int8 / compare   (int8, MatMul-heavy models)
     runtime_limits("1.16") -> RuntimeLimits(opset, ml_opset, ir_version)
 
 Which steps convert lives in ``edgeml.convert.converters.REGISTRY``.
@@ -38,7 +38,6 @@ from edgeml.convert.quantize import (
     compare,
     decide,
     quantize_dynamic_int8,
-    quantize_for_target,
 )
 from edgeml.convert.tokens import TOKEN_PATTERNS, check_token_pattern, token_pattern
 
@@ -68,7 +67,6 @@ __all__ = [
     "opset_of",
     "opsets_of",
     "quantize_dynamic_int8",
-    "quantize_for_target",
     "register_outlier_clipper",
     "runtime_limits",
     "to_onnx",

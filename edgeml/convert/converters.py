@@ -1,15 +1,21 @@
 """The converter registry: which pipeline steps convert to ONNX, and with which options.
 
-Each allowed step class (the pipeline-shape contract in TEAM.md) maps to a
-:class:`StepConverter`: the library that converts it, its conversion options for
-skl2onnx (``zipmap=False`` on every classifier so outputs are plain tensors), and
-optional hooks for per-instance options and for nested estimators. Registration
-refuses silent overwrites; a step without an entry fails with
-:class:`UnsupportedStepError` listing the supported classes.
+The converter column of :mod:`edgeml.catalog`: every step and every installed family
+estimator the catalog lists maps to a :class:`StepConverter` (the library that converts it
+and its skl2onnx options, ``zipmap=False`` on every classifier so outputs are plain
+tensors), plus the hooks that are converter code: per-instance options, nested estimators
+and model post-processing. Registration refuses silent overwrites; a step without an entry
+fails with :class:`UnsupportedStepError` listing the supported classes.
 
-Also registered here: an skl2onnx shape calculator and converter for edgeml's
-own ``OutlierClipper`` (``lower_``/``upper_`` per column -> ``Min(Max(x, lower), upper)``,
-NaN kept),
+edgeml's own converters, installed in skl2onnx by :func:`ensure_optional_converters`:
+
+- ``OutlierClipper`` (``lower_``/``upper_`` per column -> ``Min(Max(x, lower), upper)``,
+  NaN kept);
+- ``IsolationForest``: one TreeEnsemble node (:mod:`edgeml.convert.isolation_forest`);
+- ``SGDClassifier(loss="modified_huber")``: skl2onnx's probabilities, but the label is the
+  argmax of the decision function as in scikit-learn (skl2onnx takes the argmax of the
+  clipped probabilities, which ties at 1 and picks the first class);
+
 and, when installed, XGBoost and LightGBM through onnxmltools.
 """
 
@@ -17,32 +23,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
-from sklearn import (
-    calibration,
-    compose,
-    decomposition,
-    ensemble,
-    feature_selection,
-    impute,
-    linear_model,
-    naive_bayes,
-    neighbors,
-    neural_network,
-    pipeline,
-    preprocessing,
-    svm,
-    tree,
-)
-from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn import compose, pipeline
 
+from edgeml.catalog import CATALOG, CLASSIFIER_OPTIONS, EDGEML, KINDS, ONNXMLTOOLS
 from edgeml.convert.tokens import check_token_pattern
 from edgeml.errors import ConversionError, UnsupportedStepError
 
 __all__ = [
+    "CLASSIFIER_OPTIONS",
     "KINDS",
     "REGISTRY",
     "ConverterRegistry",
@@ -52,10 +43,6 @@ __all__ = [
     "iter_steps",
     "register_outlier_clipper",
 ]
-
-KINDS = ("container", "transformer", "classifier", "regressor", "anomaly")
-CLASSIFIER_OPTIONS: Mapping[str, Any] = MappingProxyType({"zipmap": False})
-_NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -143,15 +130,6 @@ def _tfidf_options(step: Any) -> dict[str, Any]:
     return {"tokenexp": check_token_pattern(step.token_pattern), "locale": "C"}
 
 
-def _sgd_options(step: Any) -> dict[str, Any]:
-    if step.loss != "log_loss":
-        raise ConversionError(
-            f"SGDClassifier(loss={step.loss!r}) does not convert with parity: its predict() is not the "
-            f"argmax of predict_proba(); use loss='log_loss'"
-        )
-    return {}
-
-
 # A threshold of HistGradientBoosting often equals a training value exactly (percentile
 # midpoints on repeated values: imputed medians, quantized sensors). scikit-learn sends
 # such a value left (x <= t); in float32 it lands on either side of t. Widening each
@@ -179,80 +157,21 @@ def _calibrated_children(step: Any) -> list[tuple[str, Any]]:
     return [(f"calibrated[{i}]", c.estimator) for i, c in enumerate(fitted)]
 
 
-# -- the table ---------------------------------------------------------------
+# -- the table (from the catalog) -----------------------------------------------
 
-_T, _C, _R, _A = "transformer", "classifier", "regressor", "anomaly"
-
-_SKLEARN: tuple[tuple[type, str, str], ...] = (
-    (pipeline.Pipeline, "container", ""),
-    (compose.ColumnTransformer, "container", ""),
-    (impute.SimpleImputer, _T, ""),
-    (preprocessing.StandardScaler, _T, ""),
-    (preprocessing.MinMaxScaler, _T, ""),
-    (preprocessing.RobustScaler, _T, ""),
-    (preprocessing.MaxAbsScaler, _T, ""),
-    (preprocessing.OneHotEncoder, _T, ""),
-    (preprocessing.OrdinalEncoder, _T, ""),
-    (preprocessing.PolynomialFeatures, _T, ""),
-    (feature_selection.VarianceThreshold, _T, ""),
-    (feature_selection.SelectKBest, _T, ""),
-    (feature_selection.SelectFromModel, _T, "only get_support() is converted"),
-    (decomposition.PCA, _T, ""),
-    (linear_model.LogisticRegression, _C, ""),
-    (linear_model.LinearRegression, _R, ""),
-    (linear_model.Ridge, _R, ""),
-    (linear_model.Lasso, _R, ""),
-    (linear_model.ElasticNet, _R, ""),
-    (linear_model.SGDRegressor, _R, ""),
-    (tree.DecisionTreeClassifier, _C, ""),
-    (tree.DecisionTreeRegressor, _R, ""),
-    (ensemble.RandomForestClassifier, _C, ""),
-    (ensemble.RandomForestRegressor, _R, ""),
-    (ensemble.ExtraTreesClassifier, _C, ""),
-    (ensemble.ExtraTreesRegressor, _R, ""),
-    (ensemble.IsolationForest, _A, ""),
-    (svm.SVC, _C, "needs probability=True"),
-    (svm.SVR, _R, ""),
-    (svm.LinearSVR, _R, ""),
-    (neighbors.KNeighborsClassifier, _C, ""),
-    (neighbors.KNeighborsRegressor, _R, ""),
-    (naive_bayes.GaussianNB, _C, ""),
-    (neural_network.MLPClassifier, _C, ""),
-    (neural_network.MLPRegressor, _R, ""),
-)
+_HOOKS: Mapping[str, Mapping[str, Any]] = {
+    "TfidfVectorizer": {"instance_options": _tfidf_options},
+    "HistGradientBoostingClassifier": {"postprocess": _widen_tree_thresholds},
+    "HistGradientBoostingRegressor": {"postprocess": _widen_tree_thresholds},
+    "CalibratedClassifierCV": {"children": _calibrated_children},
+}
 
 REGISTRY = ConverterRegistry()
-for _cls, _kind, _note in _SKLEARN:
-    REGISTRY.register(
-        StepConverter(_cls, _kind, options=CLASSIFIER_OPTIONS if _kind == _C else _NO_OPTIONS, note=_note)
-    )
-REGISTRY.register(StepConverter(TfidfVectorizer, _T, instance_options=_tfidf_options))
-REGISTRY.register(
-    StepConverter(
-        linear_model.SGDClassifier, _C, options=CLASSIFIER_OPTIONS, instance_options=_sgd_options,
-        note="loss='log_loss' only",
-    )
-)
-REGISTRY.register(StepConverter(svm.LinearSVC, _C, note="no predict_proba: only inside CalibratedClassifierCV"))
-for _cls, _kind in (
-    (ensemble.HistGradientBoostingClassifier, _C),
-    (ensemble.HistGradientBoostingRegressor, _R),
-):
-    REGISTRY.register(
-        StepConverter(
-            _cls, _kind, options=CLASSIFIER_OPTIONS if _kind == _C else _NO_OPTIONS,
-            postprocess=_widen_tree_thresholds, note="needs protobuf<7; thresholds widened",
-        )
-    )
-REGISTRY.register(
-    StepConverter(
-        calibration.CalibratedClassifierCV,
-        _C,
-        options=CLASSIFIER_OPTIONS,
-        children=_calibrated_children,
-        note="wraps LinearSVC to give it probabilities",
-    )
-)
+for _item in CATALOG.convertible():
+    REGISTRY.register(StepConverter(
+        _item.cls, _item.kind, library=_item.library, options=_item.options, note=_item.note,
+        **_HOOKS.get(_item.cls.__name__, {}),
+    ))
 
 
 # -- walking a pipeline ------------------------------------------------------
@@ -325,71 +244,75 @@ def _clipper_convert(scope: Any, operator: Any, container: Any) -> None:
     )
 
 
+def _install_clipper(cls: type) -> None:
+    from skl2onnx import update_registered_converter
+
+    update_registered_converter(cls, f"Edgeml{cls.__name__}", _clipper_shape, _clipper_convert)
+
+
 def register_outlier_clipper(cls: type) -> StepConverter:
     """Register an OutlierClipper class (learned ``lower_``/``upper_`` arrays) with skl2onnx and edgeml.
 
     Idempotent for the same class: a second call returns the existing entry.
     """
-    from skl2onnx import update_registered_converter
-
+    _install_clipper(cls)
     existing = REGISTRY.get(cls)
     if existing is not None:
         return existing
-    update_registered_converter(cls, f"Edgeml{cls.__name__}", _clipper_shape, _clipper_convert)
-    return REGISTRY.register(StepConverter(cls, _T, library="edgeml", note="clips each column"))
+    return REGISTRY.register(StepConverter(cls, "transformer", library=EDGEML, note="clips each column"))
 
 
-# -- optional converters -----------------------------------------------------
+# -- edgeml's and optional converters ----------------------------------------
+
+_ONNXMLTOOLS = {
+    "xgboost": ("onnxmltools.convert.xgboost.operator_converters.XGBoost", "convert_xgboost"),
+    "lightgbm": ("onnxmltools.convert.lightgbm.operator_converters.LightGbm", "convert_lightgbm"),
+}
 
 
-def _register_outlier_clipper_if_present() -> None:
-    try:
-        from edgeml.train.transformers import OutlierClipper  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    register_outlier_clipper(OutlierClipper)
-
-
-def _register_onnxmltools(module: str, classes: tuple[str, str], converter: tuple[str, str]) -> None:
+def _register_onnxmltools() -> None:
+    """skl2onnx converters for the catalog's installed onnxmltools families."""
     import importlib
 
-    try:
-        lib = importlib.import_module(module)
-        conv = getattr(importlib.import_module(converter[0]), converter[1])
-    except ImportError:
-        return
     from skl2onnx import update_registered_converter
     from skl2onnx.common.shape_calculator import (
         calculate_linear_classifier_output_shapes,
         calculate_linear_regressor_output_shapes,
     )
 
-    clf, reg = (getattr(lib, name) for name in classes)
-    if clf not in REGISTRY:
-        update_registered_converter(
-            clf, f"{module}{classes[0]}", calculate_linear_classifier_output_shapes, conv,
-            options={"nocl": [True, False], "zipmap": [True, False, "columns"]},
-        )
-        REGISTRY.register(StepConverter(clf, _C, library="onnxmltools", options=CLASSIFIER_OPTIONS))
-    if reg not in REGISTRY:
-        update_registered_converter(reg, f"{module}{classes[1]}", calculate_linear_regressor_output_shapes, conv)
-        REGISTRY.register(StepConverter(reg, _R, library="onnxmltools"))
+    for fam, task in CATALOG.cases():
+        if fam.converter != ONNXMLTOOLS or not fam.available or fam.requires not in _ONNXMLTOOLS:
+            continue
+        module, name = _ONNXMLTOOLS[fam.requires]
+        try:
+            conv = getattr(importlib.import_module(module), name)
+        except ImportError:  # pragma: no cover - onnxmltools missing: skl2onnx will say so
+            continue
+        cls = fam.estimator_class(task)
+        if task == "classification":
+            update_registered_converter(
+                cls, f"{fam.requires}{cls.__name__}", calculate_linear_classifier_output_shapes,
+                conv, options={"nocl": [True, False], "zipmap": [True, False, "columns"]},
+            )
+        else:
+            update_registered_converter(
+                cls, f"{fam.requires}{cls.__name__}", calculate_linear_regressor_output_shapes, conv
+            )
 
 
 _OPTIONAL_DONE: list[bool] = []
 
 
 def ensure_optional_converters() -> None:
-    """Register converters whose classes live in optional or later-imported modules (once)."""
-    _register_outlier_clipper_if_present()
+    """Install edgeml's own and the optional converters in skl2onnx (once per process)."""
     if _OPTIONAL_DONE:
         return
-    _register_onnxmltools(
-        "xgboost", ("XGBClassifier", "XGBRegressor"),
-        ("onnxmltools.convert.xgboost.operator_converters.XGBoost", "convert_xgboost"),
-    )
-    _register_onnxmltools(
-        "lightgbm", ("LGBMClassifier", "LGBMRegressor"),
-        ("onnxmltools.convert.lightgbm.operator_converters.LightGbm", "convert_lightgbm"),
-    )
+    from edgeml.convert.isolation_forest import register_isolation_forest
+    from edgeml.convert.sgd import register_sgd_classifier
+    from edgeml.train.transformers import OutlierClipper
+
+    _install_clipper(OutlierClipper)
+    register_isolation_forest()
+    register_sgd_classifier()
+    _register_onnxmltools()
     _OPTIONAL_DONE.append(True)

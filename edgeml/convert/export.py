@@ -11,7 +11,7 @@ task            outputs
 ==============  =================================================================
 classification  ``label`` [N] (class; string or int64) and ``probabilities`` [N, C]
                 (columns in ``classes`` order)
-regression      ``variable`` [N, 1] float32 (``OutputSpec.prediction = "variable"``)
+regression      ``prediction`` [N, 1] float32 (skl2onnx's ``variable``, renamed)
 anomaly         ``label`` [N] int64 (1 normal, -1 anomaly) and ``scores`` [N, 1]
                 (``decision_function``; below 0 is an anomaly)
 ==============  =================================================================
@@ -52,7 +52,7 @@ TASKS = ("classification", "regression", "anomaly")
 # Canonical output names per task, in the order skl2onnx emits them.
 OUTPUT_NAMES: Mapping[str, tuple[str, ...]] = {
     "classification": ("label", "probabilities"),
-    "regression": ("variable",),
+    "regression": ("prediction",),
     "anomaly": ("label", "scores"),
 }
 _MODEL_KIND = {"classification": "classifier", "regression": "regressor", "anomaly": "anomaly"}
@@ -357,6 +357,6 @@ def _output_spec(task: str, outputs: list[TensorInfo], classes: list[str] | None
             label_dtype=by_name["label"].dtype,
         )
     if task == "regression":
-        return OutputSpec(prediction="variable")
+        return OutputSpec(prediction="prediction")
     return OutputSpec(label="label", score="scores", label_dtype=by_name["label"].dtype)
 

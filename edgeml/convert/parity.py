@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from edgeml._files import atomic_write
+from edgeml.bundle.manifest import DerivedInput
 from edgeml.errors import ConversionError, ParityError
 
 __all__ = [
@@ -99,6 +101,30 @@ def frame_to_feeds(X: Any, inputs: list[tuple[str, str]]) -> dict[str, np.ndarra
     return feeds
 
 
+def _device_derived(X: Any, derived: Sequence[DerivedInput], raw: Any) -> Any:
+    """``X`` with its derived columns recomputed from ``raw`` by the device's function."""
+    if not derived:
+        return X
+    from edgeml.bundle.derive import derive_columns
+
+    out = X.copy()
+    for spec in derived:
+        if raw is None or spec.source not in raw.columns:
+            raise ConversionError(f"parity: no raw values of derived input {spec.source!r}")
+        got = derive_columns([spec], {spec.source: raw[spec.source].tolist()})
+        for name in spec.names:
+            want = X[name].to_numpy(dtype=np.float64, na_value=np.nan)
+            same = (got[name] == want) | (np.isnan(got[name]) & np.isnan(want))
+            if not same.all():
+                row = list(X.index)[int(np.argmin(same))]
+                raise ParityError(
+                    f"derived feature {name!r} differs between training and the device's "
+                    f"derivation from {spec.source!r} (holdout row {row})"
+                )
+            out[name] = got[name]
+    return out
+
+
 def check_parity(
     pipeline: Any,
     onnx_model_bytes: bytes,
@@ -111,8 +137,15 @@ def check_parity(
     rel_tol: float = DEFAULT_REL_TOL,
     score_atol: float = DEFAULT_SCORE_ATOL,
     raise_on_failure: bool = True,
+    derived: Sequence[DerivedInput] = (),
+    raw: Any = None,
 ) -> ParityReport:
     """Compare scikit-learn and onnxruntime on ``X``; raise ParityError (naming rows) on failure.
+
+    ``derived`` (the manifest's derived inputs) with ``raw`` (a frame of their raw values,
+    aligned with ``X``): the ONNX side derives its features from the raw timestamps the way
+    the device does (:func:`edgeml.bundle.derive.derive_columns`), and they must equal the
+    training columns in ``X`` exactly.
 
     With ``dump_dir``, a failure writes ``rows.csv`` (failing rows, features and both
     outputs) and ``model.onnx`` there for debugging.
@@ -128,7 +161,7 @@ def check_parity(
     tol = {"prob_atol": prob_atol, "rel_tol": rel_tol, "score_atol": score_atol}
     sess = _session(onnx_model_bytes)
     inputs = [(i.name, i.type) for i in sess.get_inputs()]
-    ox = _onnx_outputs(_run(sess, frame_to_feeds(X, inputs)), task)
+    ox = _onnx_outputs(_run(sess, frame_to_feeds(_device_derived(X, derived, raw), inputs)), task)
     sk = _sklearn_outputs(pipeline, X, task)
     bad, tied, columns = _compare(task, sk, ox, tol, pipeline)
     ties32 = np.zeros(len(X), dtype=bool)
@@ -192,7 +225,7 @@ def _onnx_outputs(out: dict[str, Any], task: str) -> _Outputs:
             proba=np.asarray(_get(out, "probabilities", 1), dtype=np.float64),
         )
     if task == "regression":
-        return _Outputs(value=np.ravel(np.asarray(_get(out, "variable", 0), dtype=np.float64)))
+        return _Outputs(value=np.ravel(np.asarray(_get(out, "prediction", 0), dtype=np.float64)))
     return _Outputs(
         label=np.ravel(np.asarray(_get(out, "label", 0))).astype(np.int64),
         value=np.ravel(np.asarray(_get(out, "scores", 1), dtype=np.float64)),

@@ -1,11 +1,17 @@
-"""Dynamic int8 quantization of a converted model, and the checks around it.
+"""Dynamic int8 quantization of a converted model: whether it pays, doing it, measuring it.
 
 Only MatMul/Gemm weights are quantized (onnxruntime's ``quantize_dynamic``):
 that is where an MLP keeps its parameters. Tree ensembles (ai.onnx.ml
 ``TreeEnsemble*``) and linear models converted to ``LinearClassifier`` /
-``LinearRegressor`` have nothing it can shrink, so the ``auto`` policy leaves them
-alone. A quantized model is refused (PackagingError) when its holdout metric
-drops by more than ``max_drop_points`` percentage points (default 1.0).
+``LinearRegressor`` have nothing it can shrink: :func:`decide` says so.
+
+These are the mechanics. The policy (``auto`` | ``int8`` | ``none``) and the tolerance that
+refuses a quantized model belong to packaging: :mod:`edgeml.package.quality`.
+
+onnxruntime's quantizer lifts a model below ai.onnx opset 11 to opset 11
+(``QUANTIZER_MIN_OPSET``) and leaves the ML opset and the IR version alone, so a target whose
+runtime stops below opset 11 cannot run an int8 model; the packaging stage knows that before
+quantizing.
 """
 
 from __future__ import annotations
@@ -22,25 +28,22 @@ from typing import Any
 import numpy as np
 
 from edgeml.bundle.session import cpu_session
-from edgeml.convert.limits import RuntimeLimits, check_runtime
 from edgeml.convert.parity import frame_to_feeds
-from edgeml.errors import ConversionError, PackagingError
+from edgeml.errors import ConversionError
 
 __all__ = [
-    "POLICIES",
+    "QUANTIZER_MIN_OPSET",
     "QuantizationDecision",
     "QuantizationReport",
     "compare",
     "decide",
     "quantize_dynamic_int8",
-    "quantize_for_target",
 ]
 
-POLICIES = ("auto", "always", "never")
+QUANTIZER_MIN_OPSET = 11  # onnxruntime.quantization lifts older models to this ai.onnx opset
 QUANTIZABLE_OPS = frozenset({"MatMul", "Gemm"})
 TREE_OPS = frozenset({"TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble"})
-MIN_MATMUL_SHARE = 0.5  # auto: MatMul/Gemm weights must be at least half of all parameters
-DEFAULT_MAX_DROP_POINTS = 1.0
+MIN_MATMUL_SHARE = 0.5  # MatMul/Gemm weights must be at least half of all parameters
 
 Metric = Callable[[Any, Any], float]
 
@@ -73,15 +76,6 @@ class QuantizationReport:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "size_ratio": self.size_ratio}
 
-    def check(self, max_drop_points: float = DEFAULT_MAX_DROP_POINTS) -> None:
-        """Raise PackagingError when the quantized model lost more than ``max_drop_points``."""
-        if self.drop_points > max_drop_points:
-            raise PackagingError(
-                f"quantized model refused: holdout {self.metric_name} dropped "
-                f"{self.drop_points:.2f} points ({self.metric_before:.4f} -> {self.metric_after:.4f}), "
-                f"more than the allowed {max_drop_points:g}"
-            )
-
 
 def _load(model_bytes: bytes) -> Any:
     import onnx
@@ -89,20 +83,14 @@ def _load(model_bytes: bytes) -> Any:
     return onnx.load_model_from_string(model_bytes)
 
 
-def decide(model_bytes: bytes, policy: str = "auto") -> QuantizationDecision:
-    """Whether to quantize under ``policy``: auto | always | never."""
-    if policy not in POLICIES:
-        raise ConversionError(f"quantization policy {policy!r} is not one of {', '.join(POLICIES)}")
+def decide(model_bytes: bytes) -> QuantizationDecision:
+    """Whether int8 pays for this model: MatMul/Gemm weights are most of its parameters."""
     graph = _load(model_bytes).graph
     sizes = {t.name: int(np.prod(t.dims)) if t.dims else 1 for t in graph.initializer}
     total = sum(sizes.values()) or 1
     in_matmul = {n for node in graph.node if node.op_type in QUANTIZABLE_OPS for n in node.input}
     share = sum(v for k, v in sizes.items() if k in in_matmul) / total
     trees = sorted({node.op_type for node in graph.node if node.op_type in TREE_OPS})
-    if policy == "never":
-        return QuantizationDecision(False, "policy is never", share)
-    if policy == "always":
-        return QuantizationDecision(True, "policy is always", share)
     if trees:
         return QuantizationDecision(False, f"tree ensembles ({', '.join(trees)}) are never quantized", share)
     if not in_matmul:
@@ -136,7 +124,11 @@ def quantize_dynamic_int8(model_bytes: bytes) -> bytes:
         root.addFilter(hint)
         try:
             quantize_dynamic(
-                src, dst, op_types_to_quantize=sorted(QUANTIZABLE_OPS), weight_type=QuantType.QInt8
+                src, dst, op_types_to_quantize=sorted(QUANTIZABLE_OPS), weight_type=QuantType.QInt8,
+                # shape inference cannot type outputs of ai.onnx.ml ops (Scaler before an
+                # SGDClassifier's MatMul): without this the quantizer raises "Unable to find
+                # data type for weight_name='matmul_result'"
+                extra_options={"DefaultTensorType": 1},  # onnx.TensorProto.FLOAT
             )
         except Exception as exc:
             raise ConversionError(f"onnxruntime could not quantize the model: {type(exc).__name__}: {exc}") from exc
@@ -147,7 +139,7 @@ def quantize_dynamic_int8(model_bytes: bytes) -> bytes:
 
 def _predictions(sess: Any, feeds: dict[str, np.ndarray], task: str) -> np.ndarray:
     names = [o.name for o in sess.get_outputs()]
-    want = "variable" if task == "regression" else "label"
+    want = "prediction" if task == "regression" else "label"
     out = sess.run([want if want in names else names[0]], feeds)[0]
     pred = np.ravel(out)
     return pred.astype(str) if task == "classification" else pred
@@ -194,36 +186,3 @@ def compare(
         latency_ms_after=statistics.median(timings[1]),
         runs=runs,
     )
-
-
-def quantize_for_target(
-    model_bytes: bytes,
-    X: Any,
-    y: Any,
-    *,
-    task: str,
-    metric: Metric,
-    metric_name: str = "metric",
-    greater_is_better: bool = True,
-    policy: str = "auto",
-    max_drop_points: float = DEFAULT_MAX_DROP_POINTS,
-    runtime: RuntimeLimits | None = None,
-    runs: int = 50,
-) -> tuple[bytes, QuantizationDecision, QuantizationReport | None]:
-    """Apply ``policy``; return the model to ship, the decision and (if quantized) the report.
-
-    Raises PackagingError when the quantized model loses more than ``max_drop_points``,
-    or (with ``runtime``) needs a newer opset or IR version than the target runs.
-    """
-    decision = decide(model_bytes, policy)
-    if not decision.quantize:
-        return model_bytes, decision, None
-    quantized = quantize_dynamic_int8(model_bytes)
-    if runtime is not None:
-        check_runtime(quantized, runtime)
-    report = compare(
-        model_bytes, quantized, X, y, task=task, metric=metric, metric_name=metric_name,
-        greater_is_better=greater_is_better, runs=runs,
-    )
-    report.check(max_drop_points)
-    return quantized, decision, report

@@ -10,6 +10,8 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "POLICIES",
+    "STAGES",
     "DeviceProfile",
     "MemoryFit",
     "PackageResult",
@@ -33,6 +35,8 @@ _WHERE = {
     "sign_manifest": "keys",
     "PackageResult": "builder",
     "package": "builder",
+    "POLICIES": "policy",
+    "STAGES": "stages",
 }
 
 

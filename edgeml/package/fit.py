@@ -11,8 +11,10 @@ process's resident set (the larger of steady state and peak) plus the profile's
 ``runtime_overhead_mb`` (default 80 MiB: Python, numpy, onnxruntime and paho-mqtt in the
 runtime process, measured at 60-75 MiB on x86-64 and aarch64) must stay within
 ``memory_budget_mb``. Tree ensembles typically take 10-15x their file size once loaded, so the
-file size alone says little. The measurement is made on the packaging host with the target's
-thread settings; the same onnxruntime on the device lands within a few MiB.
+file size alone says little. The measurement is made on the packaging host with the intra-op
+threads chosen for the bundle; the same onnxruntime on the device lands within a few MiB.
+
+Both run in the ``fit`` stage (:mod:`edgeml.package.stages`), on the model that ships.
 """
 
 from __future__ import annotations
@@ -126,12 +128,11 @@ def check_memory(
     inputs: Sequence[InputSpec] | None = None,
     rows: Sequence[Mapping[str, Any]] | None = None,
     what: str = "the model",
+    intra_op: int = 1,
 ) -> MemoryFit:
     """Measure the model and raise PackagingError, with the figures, if it exceeds the budget."""
-    m = measure_memory(
-        model_path, inputs=inputs, rows=rows,
-        intra_op=profile.threads.intra_op, inter_op=profile.threads.inter_op,
-    )
+    m = measure_memory(model_path, inputs=inputs, rows=rows, intra_op=intra_op,
+                       inter_op=profile.threads.inter_op)
     fit = MemoryFit(
         model_bytes=int(m["model_bytes"]),
         added_mb=float(m["added_mb"]),

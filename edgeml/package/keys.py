@@ -10,34 +10,23 @@ Devices check it with :func:`edgeml.bundle.signature.check_signature`.
 from __future__ import annotations
 
 import base64
-import contextlib
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edgeml._files import atomic_write
 from edgeml.errors import NotFoundError, UsageError
 
 __all__ = ["generate_keypair", "load_private_key", "sign_manifest"]
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` atomically, refusing to replace an existing file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    """Write ``data`` to ``path`` durably, refusing to replace an existing file (even in a race)."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.link(tmp, path)  # fails if path exists: no silent overwrite, even in a race
+        atomic_write(path, data, mode=mode, overwrite=False)
     except FileExistsError as exc:
         raise UsageError(f"{path} already exists; refusing to overwrite a key") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def generate_keypair(out_dir: Path | str, name: str = "edgeml") -> tuple[Path, Path]:

@@ -25,13 +25,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edgeml._validation import first_error
+from edgeml.bundle.manifest import ServeLimits
 from edgeml.convert.limits import RUNTIME_TABLE, RuntimeLimits
 from edgeml.errors import NotFoundError, ProfileError
+from edgeml.package.policy import QuantizePolicy
 
 __all__ = [
     "DeviceProfile",
     "QuantizationPolicy",
     "RuntimeInstall",
+    "ServeSpec",
     "Threads",
     "devices_path",
     "list_profiles",
@@ -78,18 +82,42 @@ class RuntimeInstall(_Spec):
 
 
 class Threads(_Spec):
-    """onnxruntime session threads; 0 means onnxruntime's default."""
+    """onnxruntime session threads. ``intra_op: auto`` (default): measured per model when
+    packaging, 1 against the profile's ``cores`` at ``typical_batch`` rows
+    (:mod:`edgeml.package.threads`); a number fixes it (0 is onnxruntime's default)."""
 
-    intra_op: int = Field(default=1, ge=0, le=256)
+    intra_op: int | Literal["auto"] = "auto"
     inter_op: int = Field(default=1, ge=0, le=256)
+    typical_batch: int = Field(default=1, ge=1, le=65536)
+
+    @field_validator("intra_op", mode="before")
+    @classmethod
+    def _intra(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 256):
+            return v
+        raise ValueError(f"{v!r} is not auto or a number of threads from 0 to 256")
 
 
 class QuantizationPolicy(_Spec):
-    """``auto``: int8 when it keeps the metric within ``max_metric_drop`` points and is smaller;
-    ``int8``: always (refused beyond the tolerance); ``none``: never."""
+    """See :mod:`edgeml.package.policy` for what each policy does."""
 
-    policy: Literal["auto", "int8", "none"] = "auto"
+    policy: QuantizePolicy = "auto"
     max_metric_drop: float = Field(default=1.0, ge=0, le=100)
+
+
+class ServeSpec(_Spec):
+    """HTTP server limits that fit the device (``serve:``); the bundle manifest records them
+    and ``edgeml serve`` uses them unless told otherwise. Unset: the runtime's defaults."""
+
+    max_connections: int | None = Field(default=None, ge=1, le=100_000)
+    max_buffered_bytes: int | None = Field(default=None, ge=64 * 1024)
+    max_body_bytes: int | None = Field(default=None, ge=1024)
+    request_timeout: float | None = Field(default=None, gt=0, le=3600)
+    idle_timeout: float | None = Field(default=None, gt=0, le=3600)
+
+    def manifest_limits(self) -> ServeLimits:
+        """What the bundle manifest records (``target.serve``)."""
+        return ServeLimits(**self.model_dump())
 
 
 class DeviceProfile(_Spec):
@@ -103,10 +131,12 @@ class DeviceProfile(_Spec):
     max_opset: int = Field(ge=7)
     max_ml_opset: int = Field(ge=1)
     max_ir_version: int = Field(ge=3)
+    cores: int = Field(default=1, ge=1, le=256)
     threads: Threads = Threads()
     memory_budget_mb: int = Field(gt=0)
     runtime_overhead_mb: int = Field(default=80, ge=0)
     quantization: QuantizationPolicy = QuantizationPolicy()
+    serve: ServeSpec = ServeSpec()
     # Set by the loader, not by the file.
     path: Path | None = Field(default=None, exclude=True)
 
@@ -174,13 +204,6 @@ class DeviceProfile(_Spec):
         return data
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def parse_profile(raw: Any, path: Path | str = "<profile>") -> DeviceProfile:
     """Validate a profile already parsed from YAML; errors name ``path`` and the field."""
     if not isinstance(raw, dict):
@@ -188,11 +211,7 @@ def parse_profile(raw: Any, path: Path | str = "<profile>") -> DeviceProfile:
     try:
         profile = DeviceProfile.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        raise ProfileError(path, msg, _field_path(err["loc"]) or None) from exc
+        raise ProfileError(path, *first_error(exc)) from exc
     return profile.model_copy(update={"path": Path(path)}) if str(path) != "<profile>" else profile
 
 

@@ -1,13 +1,11 @@
-"""Quantization at packaging time: which metric judges it and what each policy does.
+"""The quantize stage: apply the policy (``auto`` | ``int8`` | ``none``, defined in
+:mod:`edgeml.package.policy`) and judge the int8 model on the holdout.
 
-Policies (``--quantize`` or the profile's ``quantization.policy``):
-
-- ``none``: ship the float model.
-- ``int8``: quantize MatMul/Gemm weights (dynamic int8); refused (PackagingError) when the
-  holdout metric drops more than the profile's ``max_metric_drop`` points.
-- ``auto``: quantize only where it pays (MatMul/Gemm weights are most of the parameters: MLPs,
-  not trees or linear models, see :func:`edgeml.convert.quantize.decide`), and only ship int8
-  when it is smaller and the drop is within the tolerance; otherwise ship float and say why.
+``int8`` is refused and ``auto`` ships float, with the reason, when the target's runtime stops
+below the quantizer's opset (:data:`edgeml.convert.quantize.QUANTIZER_MIN_OPSET`: known before
+quantizing, so nothing is quantized in vain), or when the holdout metric drops more than the
+profile's ``max_metric_drop`` points; ``auto`` also ships float when int8 does not pay
+(:func:`edgeml.convert.quantize.decide`) or is not smaller.
 
 The metric is label-based (the quantization comparison runs on labels and predictions):
 classification uses the recipe's scoring when it is one of accuracy, balanced_accuracy,
@@ -25,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from edgeml.errors import PackagingError, UsageError
+from edgeml.package.policy import POLICIES
 
-__all__ = ["POLICIES", "QuantizationOutcome", "apply_policy", "quality_metric"]
+__all__ = ["QuantizationOutcome", "apply_policy", "quality_metric"]
 
-POLICIES = ("auto", "int8", "none")
 _LABEL_SCORINGS = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "precision_macro",
                    "precision_weighted", "recall_macro", "recall_weighted")
 
@@ -97,18 +95,37 @@ def _stable_name(quantized: bytes, original: bytes) -> bytes:
     return bytes(q.SerializeToString())
 
 
+def _runtime_refusal(max_opset: int, target: str) -> str | None:
+    """Why the target cannot run an int8 model, if it cannot."""
+    from edgeml.convert.quantize import QUANTIZER_MIN_OPSET
+
+    if max_opset >= QUANTIZER_MIN_OPSET:
+        return None
+    return (f"the model does not fit {target}: int8 needs ai.onnx opset {QUANTIZER_MIN_OPSET} "
+            f"(onnxruntime's quantizer), the target runs up to {max_opset}")
+
+
 def apply_policy(model: bytes, X: Any, y: Any, meta: dict[str, Any], *, policy: str,
-                 max_metric_drop: float, float_labels: Callable[[], Any]) -> QuantizationOutcome:
-    """Decide, quantize and compare; see the module docstring for each policy."""
+                 max_metric_drop: float, max_opset: int, target: str,
+                 float_labels: Callable[[], Any]) -> QuantizationOutcome:
+    """Decide, quantize and compare; see the module docstring. ``max_opset`` is the target
+    runtime's ai.onnx opset, ``target`` names it in messages (e.g. ``rpi4 (onnxruntime 1.32.0)``)."""
     from edgeml.convert.quantize import compare, decide, quantize_dynamic_int8
 
     if policy not in POLICIES:
-        raise UsageError(f"--quantize {policy!r} is not one of {', '.join(POLICIES)}")
+        raise UsageError(f"quantization policy {policy!r} is not one of {', '.join(POLICIES)}")
     if policy == "none":
         return QuantizationOutcome(model, False, policy, "policy none", max_metric_drop)
-    decision = decide(model, "always" if policy == "int8" else "auto")
-    if not decision.quantize:
+    refusal = _runtime_refusal(max_opset, target)
+    if refusal and policy == "int8":
+        raise PackagingError(f"int8 model refused: {refusal}")
+    if refusal:
+        return QuantizationOutcome(model, False, policy, f"int8 does not fit ({refusal}); shipping float",
+                                   max_metric_drop)
+    decision = decide(model)
+    if policy == "auto" and not decision.quantize:
         return QuantizationOutcome(model, False, policy, decision.reason, max_metric_drop)
+    why = decision.reason if policy == "auto" else "policy int8"
     quantized = _stable_name(quantize_dynamic_int8(model), model)
     name, metric, truth = quality_metric(meta, y, float_labels)
     report = compare(model, quantized, X, truth, task=meta["task"], metric=metric, metric_name=name,
@@ -119,7 +136,7 @@ def apply_policy(model: bytes, X: Any, y: Any, meta: dict[str, Any], *, policy: 
                   "shipping float")
         return QuantizationOutcome(model, False, policy, reason, max_metric_drop, report)
     if drop <= max_metric_drop:
-        reason = f"{decision.reason}; holdout {name} drop {drop:.2f} points <= {max_metric_drop:g}"
+        reason = f"{why}; holdout {name} drop {drop:.2f} points <= {max_metric_drop:g}"
         return QuantizationOutcome(quantized, True, policy, reason, max_metric_drop, report)
     msg = (f"int8 holdout {name} dropped {drop:.2f} points ({report['metric_before']:.4f} -> "
            f"{report['metric_after']:.4f}), more than max_metric_drop {max_metric_drop:g}")

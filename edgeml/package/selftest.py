@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from edgeml.bundle.derive import request_inputs
 from edgeml.bundle.feeds import rows_to_columns, to_feeds
-from edgeml.bundle.manifest import InputSpec, OutputSpec
+from edgeml.bundle.manifest import DerivedInput, InputSpec, OutputSpec
 from edgeml.bundle.session import cpu_session
 from edgeml.errors import InputError, PackagingError
 
@@ -49,8 +50,9 @@ def _value(v: Any) -> Any:
     return v
 
 
-def _run(session: Any, inputs: Sequence[InputSpec], rows: list[dict[str, Any]], names: list[str]) -> dict[str, np.ndarray]:
-    feeds = to_feeds(inputs, rows_to_columns(rows))
+def _run(session: Any, inputs: Sequence[InputSpec], rows: list[dict[str, Any]], names: list[str],
+         derived: Sequence[DerivedInput] = ()) -> dict[str, np.ndarray]:
+    feeds = to_feeds(inputs, rows_to_columns(rows), derived)
     return dict(zip(names, session.run(names, feeds), strict=True))
 
 
@@ -63,27 +65,35 @@ def _margins(out: dict[str, np.ndarray], outputs: OutputSpec) -> np.ndarray | No
     return None
 
 
-def build_selftest(model: bytes, inputs: Sequence[InputSpec], outputs: OutputSpec, X: Any) -> dict[str, Any]:
-    """Pick the rows from the holdout frame ``X`` and compute their expected outputs."""
+def build_selftest(model: bytes, inputs: Sequence[InputSpec], outputs: OutputSpec, X: Any,
+                   derived: Sequence[DerivedInput] = (), raw: Any = None) -> dict[str, Any]:
+    """Pick the rows from the holdout frame ``X`` and compute their expected outputs.
+
+    ``derived`` inputs: the rows carry the raw values from ``raw`` (aligned with ``X``), as a
+    device sends them, in place of the derived features."""
     names = output_names(outputs)
     head = X.iloc[:MAX_CANDIDATES]
-    columns = {spec.name: [_value(v) for v in head[spec.name].tolist()] for spec in inputs}
-    rows = [{k: columns[k][i] for k in columns} for i in range(len(head))]
+    columns = {spec.name: [_value(v) for v in head[spec.name].tolist()]
+               for spec in request_inputs(inputs, derived) if spec.name in head.columns}
+    for d in derived:
+        columns[d.source] = [_value(v) for v in raw[d.source].iloc[:MAX_CANDIDATES].tolist()]
+    order = [spec.name for spec in request_inputs(inputs, derived)]
+    rows = [{k: columns[k][i] for k in order} for i in range(len(head))]
     try:
-        to_feeds(inputs, rows_to_columns(rows))
+        to_feeds(inputs, rows_to_columns(rows), derived)
         candidates = rows
     except InputError:  # some row has e.g. a missing value where training had none
         candidates = []
         for row in rows:
             try:
-                to_feeds(inputs, rows_to_columns([row]))
+                to_feeds(inputs, rows_to_columns([row]), derived)
             except InputError:
                 continue
             candidates.append(row)
     if not candidates:
         raise PackagingError("no holdout row can be fed to the model for the self-test")
     session = cpu_session(model)
-    out = _run(session, inputs, candidates, names)
+    out = _run(session, inputs, candidates, names, derived)
     margins = _margins(out, outputs)
     usable = [i for i in range(len(candidates)) if margins is None or margins[i] > BOUNDARY]
     usable = usable or list(range(len(candidates)))
@@ -101,7 +111,7 @@ def build_selftest(model: bytes, inputs: Sequence[InputSpec], outputs: OutputSpe
     picked = [candidates[i] for i in chosen]
     # Run again on exactly these rows: a dynamically quantized model scales its activations per
     # batch, so a row's output depends on the rows it is batched with.
-    final = _run(session, inputs, picked, names)
+    final = _run(session, inputs, picked, names, derived)
     expected = {n: np.asarray(v).tolist() for n, v in final.items()}
     floats = [np.asarray(v, dtype=np.float64) for v in final.values() if np.asarray(v).dtype.kind == "f"]
     biggest = max((float(np.nanmax(np.abs(f))) for f in floats if f.size), default=1.0)

@@ -2,21 +2,20 @@
 
 Same inputs, same bytes: members are sorted, every entry gets the same timestamp (the registry
 entry's ``created_at``), permissions (0644), creator system (Unix) and compression (deflate
-level 6; wheels, already compressed, are stored). The file is written to a temporary name in
-the destination folder and moved into place with ``os.replace``.
+level 6; wheels, already compressed, are stored). The file is written durably with
+:func:`edgeml._files.atomic_open`: a temporary name in the destination folder, fsync, rename,
+fsync of the folder.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 
+from edgeml._files import atomic_open
 from edgeml.bundle.manifest import MANIFEST, SIGNATURE
 from edgeml.errors import PackagingError
 
@@ -57,20 +56,7 @@ def write_bundle(path: Path, members: Mapping[str, bytes], created_at: str) -> P
     if MANIFEST not in members:
         raise PackagingError(f"internal: a bundle needs {MANIFEST}")
     date_time = zip_date_time(created_at)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with zipfile.ZipFile(fh, "w") as zf:
-                for name in sorted(members):
-                    zf.writestr(_entry(name, date_time), members[name], compresslevel=6)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    with atomic_open(path, mode=0o644) as fh, zipfile.ZipFile(fh, "w") as zf:
+        for name in sorted(members):
+            zf.writestr(_entry(name, date_time), members[name], compresslevel=6)
     return path

@@ -1,16 +1,32 @@
 """A small, strict HTTP/1.1 server protocol on asyncio (standard library only).
 
-One :class:`HttpProtocol` per connection parses requests (request line, headers,
-``Content-Length`` bodies), hands each complete :class:`Request` to a synchronous handler
-and writes the :class:`Response`. Requests on one connection are answered in order, so
-keep-alive and pipelining are safe. Limits: header block size, body size (413 as soon as
-the ``Content-Length`` is seen, before reading the body), ``Transfer-Encoding`` (411: send
-a ``Content-Length``), an idle timeout between requests and a timeout for a request to
-arrive in full (the owner calls :meth:`HttpProtocol.check_timeouts` periodically).
-``Expect: 100-continue`` is honoured. ``HEAD`` is answered like ``GET`` without a body.
+One :class:`HttpProtocol` per connection feeds its bytes to a
+:class:`~edgeml.runtime.http_parser.RequestParser` (``Content-Length`` and chunked bodies,
+RFC 9110/9112 checks; see that module), hands each complete :class:`Request` to a
+synchronous handler and writes the :class:`Response`. Requests on one connection are
+answered in order, so keep-alive and pipelining are safe. ``Expect: 100-continue`` is
+honoured for HTTP/1.1 clients only. ``HEAD`` is answered like ``GET`` without a body.
+
 Errors found while parsing are answered with a JSON ``{"error": ...}`` and the connection is
-closed; the handler never sees them. An exception in the handler is logged and answered
-with a generic 500.
+closed; the handler never sees them. A body over the limit (``Content-Length`` or chunked) is
+answered 413 at once; the rest of the upload is read and dropped for at most
+``Limits.drain_timeout`` seconds, then the connection is closed. An exception in the handler,
+or a response header that is not a token or holds CR, LF or NUL, is logged and answered 500.
+
+:class:`Limits` (frozen) holds every bound: header block, body, idle and per-request time,
+connections, and the request bytes buffered across all connections (a shared
+:class:`BufferBudget`: past it, the connection holding more than its fair share gets 503).
+``Limits.for_target(manifest.target.serve, **explicit)`` takes the device profile's values
+recorded in the bundle and lets explicit settings override them.
+
+Parser decision, from ``bench/bench_http_parser.py`` (same bytes, same dict-of-headers
+output; medians over three runs on a shared 2-core box under load 7-9, so read the ratios):
+httptools (llhttp, C) takes 0.3-0.6x edgeml's time per request, h11 (pure Python) 5-10x
+(one run: edgeml 23 us, httptools 9 us, h11 139 us for a 400-byte inference request). The
+difference to httptools is a few microseconds per request on an idle core, against a model
+call of 20-100 us plus the JSON work, and httptools would be a compiled device dependency outside
+stdlib/numpy/onnxruntime/paho/click; h11 is slower than ours. So the stdlib parser stays,
+and ``tests/test_http_differential.py`` holds it to h11's verdicts on generated requests.
 """
 
 from __future__ import annotations
@@ -20,23 +36,31 @@ import contextlib
 import http
 import json
 import logging
+import re
 import socket
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import unquote
 
-__all__ = ["ERROR_KINDS", "Handler", "HttpProtocol", "Limits", "Request", "Response", "json_error"]
+from edgeml.bundle.manifest import ServeLimits
+from edgeml.runtime.http_parser import ParseError, Request, RequestParser
+
+__all__ = ["ERROR_KINDS", "BufferBudget", "Handler", "HttpProtocol", "Limits", "Request",
+           "Response", "json_error"]
 
 log = logging.getLogger("edgeml.runtime.http")
 
 # error counter kinds for protocol-level failures (the handler never sees these requests)
 ERROR_KINDS = {400: "bad_request", 408: "timeout", 411: "length_required", 413: "too_large",
-               431: "too_large", 500: "internal", 505: "bad_request"}
+               431: "too_large", 500: "internal", 501: "bad_request", 503: "busy",
+               505: "bad_request"}
 _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
 _JSON = b"application/json"
+_HEADER_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(rb"[^\x00\r\n]*")
 _date_now = 0
 _date_bytes = b""
 
@@ -53,25 +77,47 @@ def _date() -> bytes:
 
 @dataclass(frozen=True)
 class Limits:
+    """Everything one HTTP server bounds. Device profiles set some (``serve:``)."""
+
     max_header_bytes: int = 16 * 1024
     max_headers: int = 100
     max_body_bytes: int = 8 * 1024 * 1024
     idle_timeout: float = 75.0  # keep-alive connection with no request in progress
     request_timeout: float = 30.0  # from the first byte of a request to its last
+    max_connections: int = 256  # beyond: the least recently active connection is dropped
+    max_buffered_bytes: int = 256 * 1024 * 1024  # request bytes held across all connections
+    drain_timeout: float = 5.0  # reading and dropping the rest of an upload after a 413
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if not getattr(self, f.name) > 0:
+                raise ValueError(f"limit {f.name} must be > 0, not {getattr(self, f.name)!r}")
+
+    @classmethod
+    def for_target(cls, serve: ServeLimits | None = None, **explicit: float | None) -> Limits:
+        """The device profile's limits (from the manifest), then ``explicit`` non-None ones."""
+        values: dict[str, Any] = {}
+        if serve is not None:
+            values.update({k: v for k, v in asdict(serve).items() if v is not None})
+        values.update({k: v for k, v in explicit.items() if v is not None})
+        return cls(**values)
 
 
-class Request:
-    __slots__ = ("body", "headers", "keep_alive", "method", "path", "query", "version")
+class BufferBudget:
+    """Request bytes buffered by all connections of a server (thread-safe: workers share it)."""
 
-    def __init__(self, method: str, path: str, query: str, version: str,
-                 headers: dict[str, str], body: bytes, keep_alive: bool) -> None:
-        self.method = method
-        self.path = path
-        self.query = query
-        self.version = version
-        self.headers = headers  # lower-case names
-        self.body = body
-        self.keep_alive = keep_alive
+    __slots__ = ("_lock", "fair_share", "limit", "used")
+
+    def __init__(self, limit: int, connections: int) -> None:
+        self.limit = limit
+        self.fair_share = max(64 * 1024, limit // max(1, connections))
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def add(self, delta: int) -> int:
+        with self._lock:
+            self.used += delta
+            return self.used
 
 
 class Response:
@@ -93,26 +139,12 @@ def json_error(status: int, message: str, headers: list[tuple[bytes, bytes]] | N
     return Response(status, json.dumps({"error": message}).encode(), _JSON, headers)
 
 
-class _Head:
-    """A parsed request line and header block, waiting for its body."""
-
-    __slots__ = ("expect_continue", "headers", "keep_alive", "length", "method", "path",
-                 "query", "version")
-    expect_continue: bool
-    headers: dict[str, str]
-    keep_alive: bool
-    length: int
-    method: str
-    path: str
-    query: str
-    version: str
-
-
-class _ParseError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+def _safe_headers(r: Response) -> bool:
+    """Header names are tokens and no value can end the header line early (CR, LF, NUL)."""
+    if _HEADER_VALUE.fullmatch(r.content_type) is None:
+        return False
+    return all(_HEADER_NAME.fullmatch(k) is not None and _HEADER_VALUE.fullmatch(v) is not None
+               for k, v in r.headers or ())
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -121,20 +153,21 @@ class HttpProtocol(asyncio.Protocol):
     def __init__(self, handler: Handler, limits: Limits,
                  on_open: Callable[[HttpProtocol], None],
                  on_close: Callable[[HttpProtocol], None],
-                 on_error: Callable[[str], None] | None = None) -> None:
+                 on_error: Callable[[str], None] | None = None,
+                 budget: BufferBudget | None = None) -> None:
         self._handler = handler
         self._on_error = on_error
         self._limits = limits
         self._on_open = on_open
         self._on_close = on_close
+        self._budget = budget
+        self._held = 0  # bytes of ours counted in the budget
         self.transport: asyncio.Transport | None = None
-        self._buf = b""
-        self._head: _Head | None = None
-        self._chunks: list[bytes] = []
-        self._have = 0
+        self._parser = RequestParser(limits.max_header_bytes, limits.max_headers,
+                                     limits.max_body_bytes)
         self._paused = False
         self._closing = False
-        self._discarding = False
+        self._discard_until: float | None = None
         self.last_activity = time.monotonic()
         self.request_started: float | None = None
         self._closed_at: float | None = None
@@ -152,8 +185,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self._buf = b""
-        self._chunks = []
+        self._parser.close()
+        self._release()
         self._on_close(self)
 
     def pause_writing(self) -> None:
@@ -173,151 +206,75 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         now = time.monotonic()
         self.last_activity = now
-        if self._closing or self._discarding:
+        if self._closing or self._discard_until is not None:
             return
-        head = self._head
-        if head is not None:  # waiting for the rest of a body
-            self._chunks.append(data)
-            self._have += len(data)
-            if self._have < head.length:
-                return
-            joined = b"".join(self._chunks)
-            self._chunks = []
-            self._head = None
-            self._buf = joined[head.length:]
-            self.request_started = now if self._buf else None
-            self._guarded(self._dispatch, head, joined[: head.length])
-        elif self._buf:
-            self._buf += data
-        else:
-            self._buf = data
+        parser = self._parser
+        if not parser.in_request:
             self.request_started = now
+        parser.feed(data)
         self._guarded(self._process)
+        if self._budget is not None and not self._closing:
+            self._account(self._budget)
 
-    # -- parsing --------------------------------------------------------------------
+    # -- parsing and answering ------------------------------------------------------
 
     def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
         try:
             fn(*args)
-        except _ParseError as exc:
-            self._fail(exc.status, exc.message)
+        except ParseError as exc:
+            if exc.status == 413:
+                self._reject_body(exc.message)
+            else:
+                self._fail(exc.status, exc.message)
         except Exception:
             log.exception("unexpected error while serving a connection")
             self._fail(500, "internal server error")
 
     def _process(self) -> None:
-        limits = self._limits
-        while not self._paused and not self._closing and self._head is None and self._buf:
-            buf = self._buf
-            if buf[:2] == b"\r\n":  # stray CRLF between pipelined requests (RFC 9112 2.2)
-                buf = self._buf = buf.lstrip(b"\r\n")
-                if not buf:
-                    return
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > limits.max_header_bytes:
-                    raise _ParseError(431, "request header block too large")
+        parser = self._parser
+        while not self._paused and not self._closing:
+            request = parser.next_request()
+            if request is None:
+                if parser.continue_wanted and self.transport is not None:
+                    parser.continue_wanted = False
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 return
-            if end > limits.max_header_bytes:
-                raise _ParseError(431, "request header block too large")
-            head = self._parse_head(buf[:end])
-            rest = buf[end + 4:]
-            if head.length > limits.max_body_bytes:
-                self._buf = b""
-                self._reject_body(head)
-                return
-            if len(rest) >= head.length:
-                self._buf = rest[head.length:]
-                if not self._buf:
-                    self.request_started = None
-                self._dispatch(head, rest[: head.length])
-                continue
-            self._buf = b""
-            self._head = head
-            self._chunks = [rest]
-            self._have = len(rest)
-            if head.expect_continue and self.transport is not None:
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.request_started = time.monotonic() if parser.in_request else None
+            self._dispatch(request)
+
+    def _account(self, budget: BufferBudget) -> None:
+        """Track what we buffer; over the server's budget, the greedy connection gets 503."""
+        held = self._parser.buffered
+        delta = held - self._held
+        if not delta:
             return
+        self._held = held
+        used = budget.add(delta)
+        if delta > 0 and used > budget.limit and held > budget.fair_share:
+            self._fail(503, "the server holds too much request data: try again later")
 
-    def _parse_head(self, raw: bytes) -> _Head:
-        lines = raw.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3 or not parts[0].isalpha() or not parts[0].isascii():
-            raise _ParseError(400, "malformed request line")
-        method, target, version = parts
-        if version != "HTTP/1.1" and version != "HTTP/1.0":
-            if version.startswith("HTTP/"):
-                raise _ParseError(505, f"HTTP version {version[5:]!r} is not supported")
-            raise _ParseError(400, "malformed request line")
-        if len(lines) - 1 > self._limits.max_headers:
-            raise _ParseError(431, "too many request headers")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name[-1] in " \t" or name[0] in " \t":
-                raise _ParseError(400, "malformed header line")
-            key = name.lower()
-            value = value.strip(" \t")
-            if key in headers:
-                if key == "content-length" and headers[key] != value:
-                    raise _ParseError(400, "conflicting Content-Length headers")
-                value = f"{headers[key]}, {value}"
-            headers[key] = value
-        head = _Head()
-        head.method = method
-        head.version = version
-        head.headers = headers
-        if "transfer-encoding" in headers:
-            raise _ParseError(411, "Transfer-Encoding is not supported: send a Content-Length")
-        length = headers.get("content-length")
-        if length is None:
-            head.length = 0
-        else:
-            if "," in length:
-                length = length.split(",")[0].strip()
-            if not (length.isascii() and length.isdigit()) or len(length) > 18:
-                raise _ParseError(400, "invalid Content-Length")
-            head.length = int(length)
-        conn = headers.get("connection", "").lower()
-        head.keep_alive = "close" not in conn if version == "HTTP/1.1" else "keep-alive" in conn
-        head.expect_continue = headers.get("expect", "").lower() == "100-continue"
-        if not target.isascii():
-            raise _ParseError(400, "malformed request target")
-        if target[:1] != "/":
-            if target.startswith(("http://", "https://")):  # absolute-form
-                slash = target.find("/", target.find("//") + 2)
-                target = target[slash:] if slash > 0 else "/"
-            else:
-                raise _ParseError(400, "malformed request target")
-        path, _, query = target.partition("?")
-        if "%" in path:
-            try:
-                path = unquote(path, errors="strict")
-            except UnicodeDecodeError:
-                raise _ParseError(400, "malformed request target") from None
-        head.path = path
-        head.query = query
-        return head
+    def _release(self) -> None:
+        if self._held and self._budget is not None:
+            self._budget.add(-self._held)
+        self._held = 0
 
-    # -- answering ------------------------------------------------------------------
-
-    def _dispatch(self, head: _Head, body: bytes) -> None:
-        request = Request(head.method, head.path, head.query, head.version, head.headers, body,
-                          head.keep_alive)
+    def _dispatch(self, request: Request) -> None:
         try:
             response = self._handler(request)
         except Exception:
-            log.exception("unexpected error handling %s %s", head.method, head.path)
+            log.exception("unexpected error handling %s %s", request.method, request.path)
             response = json_error(500, "internal server error")
-        self._write(response, head.keep_alive, head.version, head.method == "HEAD")
-        if not head.keep_alive:
+        self._write(response, request.keep_alive, request.version, request.method == "HEAD")
+        if not request.keep_alive:
             self._close()
 
     def _write(self, r: Response, keep_alive: bool, version: str, head_only: bool = False) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        if (r.headers or r.content_type is not _JSON) and not _safe_headers(r):
+            log.error("refusing to send a response header with CR, LF or NUL (status %d)", r.status)
+            r = json_error(500, "internal server error")
         status = _STATUS.get(r.status) or f"HTTP/1.1 {r.status} Unknown\r\n".encode()
         out = [status, b"Server: edgeml\r\nDate: ", _date(), b"\r\nContent-Type: ", r.content_type,
                b"\r\nContent-Length: ", str(len(r.body)).encode(), b"\r\n"]
@@ -341,13 +298,13 @@ class HttpProtocol(asyncio.Protocol):
         self._write(json_error(status, message), False, "HTTP/1.1")
         self._close()
 
-    def _reject_body(self, head: _Head) -> None:
-        """413 before reading an oversized body; then drain what the client still sends."""
-        limit = self._limits.max_body_bytes
+    def _reject_body(self, message: str) -> None:
+        """413 before reading the rest of an oversized body; drain it for a while, then close."""
         self._count(413)
-        self._write(json_error(413, f"request body of {head.length} bytes exceeds the limit of "
-                                    f"{limit} bytes"), False, head.version)
-        self._discarding = True
+        self._write(json_error(413, message), False, "HTTP/1.1")
+        self._parser.close()
+        self._release()
+        self._discard_until = time.monotonic() + self._limits.drain_timeout
         transport = self.transport
         if transport is not None and transport.can_write_eof():
             transport.write_eof()  # half-close: the client reads the 413, we drain its upload
@@ -363,10 +320,24 @@ class HttpProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         self._closing = True
+        self._parser.close()
+        self._release()
         if self._closed_at is None:
             self._closed_at = time.monotonic()
         if self.transport is not None:
             self.transport.close()
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def evict(self) -> None:
+        """Close to make room for a new connection (the server is at its connection limit)."""
+        if not self._closing:
+            self._count(503)
+            self._close()
+            if self.transport is not None:
+                self.transport.abort()  # now: unsent output is not worth the slot
 
     # -- timeouts (called by the server every second or so) ---------------------------
 
@@ -383,10 +354,10 @@ class HttpProtocol(asyncio.Protocol):
         if self._paused and now - self.last_activity > limits.idle_timeout:
             transport.abort()  # our answers pile up unread
             return
-        if self._discarding:
-            if now - self.last_activity > 2.0:
+        if self._discard_until is not None:
+            if now > self._discard_until or now - self.last_activity > 2.0:
                 self._close()
-        elif self.request_started is not None or self._head is not None:
+        elif self._parser.in_request:
             started = self.request_started or self.last_activity
             if now - started > limits.request_timeout:
                 self._fail(408, "request not received in time")
@@ -395,5 +366,5 @@ class HttpProtocol(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """Close now if idle; otherwise after the response in progress (server stopping)."""
-        if self._head is None and not self._buf:
+        if not self._parser.in_request:
             self._close()

@@ -1,8 +1,8 @@
 """Broker connection settings, paho-mqtt client construction and MQTT protocol detection.
 
-``BrokerSettings.from_url("mqtt://host:1883")`` (``mqtts://`` for TLS, default port 8883)
-holds everything a connection needs: credentials, TLS files, keepalive and the MQTT
-version. :func:`make_client` builds a paho-mqtt 2.x client with VERSION2 callbacks.
+:class:`~edgeml.runtime.settings.BrokerSettings` (re-exported here) holds everything a
+connection needs: credentials, TLS files, keepalive and the MQTT version.
+:func:`make_client` builds a paho-mqtt 2.x client with VERSION2 callbacks.
 
 MQTT version: ``"5"``, ``"3.1.1"`` or ``"auto"`` (default). In auto mode
 :func:`probe_protocol` opens one short connection with MQTT v5 *without* a will:
@@ -16,12 +16,9 @@ Device-safe: standard library and paho-mqtt only.
 
 from __future__ import annotations
 
-import os
 import ssl
 import threading
 import time
-import urllib.parse
-from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -30,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgeml.errors import UsageError
+from edgeml.runtime.settings import MQTT_VERSIONS, BrokerSettings
 
 __all__ = [
     "MQTT_VERSIONS",
@@ -40,7 +38,6 @@ __all__ = [
     "protocol_name",
 ]
 
-MQTT_VERSIONS = ("auto", "5", "3.1.1")
 _PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
 _UNSUPPORTED_PROTOCOL = (1, 0x84)  # 3.1.1 CONNACK 0x01 / v5 reason code 0x84
 
@@ -49,74 +46,6 @@ def protocol_name(protocol: int | None) -> str | None:
     if protocol is None:
         return None
     return "5" if protocol == mqtt.MQTTv5 else "3.1.1"
-
-
-@dataclass(frozen=True)
-class BrokerSettings:
-    """Where and how to connect. Never printed with its password (see :meth:`display`)."""
-
-    host: str
-    port: int
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_insecure: bool = False
-    keepalive: int = 30
-    mqtt_version: str = "auto"
-
-    @classmethod
-    def from_url(cls, url: str, **options: Any) -> BrokerSettings:
-        """Parse ``mqtt://[user[:password]@]host[:port]`` or ``mqtts://...``.
-
-        Keyword options (username, password, tls_ca...) win over the URL; ``None`` ones are ignored.
-        """
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parsed.hostname:
-            raise UsageError(
-                f"broker {url!r} is not valid: use mqtt://HOST[:PORT] or mqtts://HOST[:PORT]"
-            )
-        if parsed.path not in ("", "/") or parsed.query:
-            raise UsageError(f"broker {url!r}: a broker URL has no path or query")
-        tls = parsed.scheme in ("mqtts", "ssl")
-        try:
-            port = parsed.port or (8883 if tls else 1883)
-        except ValueError as exc:
-            raise UsageError(f"broker {url!r}: {exc}") from exc
-        values: dict[str, Any] = {
-            "username": urllib.parse.unquote(parsed.username) if parsed.username else None,
-            "password": urllib.parse.unquote(parsed.password) if parsed.password else None,
-        }
-        values.update({k: v for k, v in options.items() if v is not None})
-        settings = cls(host=parsed.hostname, port=port, tls=tls, **values)
-        settings.validate()
-        return settings
-
-    def validate(self) -> None:
-        if self.mqtt_version not in MQTT_VERSIONS:
-            raise UsageError(
-                f"MQTT version {self.mqtt_version!r} is not one of {', '.join(MQTT_VERSIONS)}"
-            )
-        if self.password is not None and self.username is None:
-            raise UsageError("a broker password needs a username")
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise UsageError("TLS client authentication needs both --tls-cert and --tls-key")
-        if not self.tls and (self.tls_ca or self.tls_cert or self.tls_insecure):
-            raise UsageError("TLS options need an mqtts:// broker URL")
-        for option, path in (("--tls-ca", self.tls_ca), ("--tls-cert", self.tls_cert),
-                             ("--tls-key", self.tls_key)):
-            if path is not None and not os.path.isfile(path):
-                raise UsageError(f"{option} {path}: no such file")
-        if not 5 <= self.keepalive <= 65535:
-            raise UsageError(f"keepalive {self.keepalive} must be between 5 and 65535 seconds")
-
-    @property
-    def display(self) -> str:
-        """The URL without the password."""
-        user = f"{self.username}@" if self.username else ""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
 
 
 def make_client(

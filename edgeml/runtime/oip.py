@@ -7,6 +7,7 @@
     GET  /v2                                             server metadata
     GET  /v2/models/{name}[/versions/{v}]                model metadata
     GET  /v2/models/{name}[/versions/{v}]/ready          {"name", "ready": true}
+    POST /v2/repository/index                            [{"name", "version", "state": "READY"}]
     POST /v2/models/{name}[/versions/{v}]/infer          OIP inference (JSON, or binary tensors)
     POST /v1/predict                                     {"instances": [{feature: value}]}
     GET  /metrics                                        Prometheus text format 0.0.4
@@ -54,6 +55,7 @@ E_LIVE = "/v2/health/live"
 E_READY = "/v2/health/ready"
 E_SERVER = "/v2"
 E_METRICS = "/metrics"
+E_REPOSITORY = "/v2/repository/index"
 E_OTHER = "other"
 
 
@@ -97,6 +99,9 @@ class App:
                                 "extensions": EXTENSIONS}).encode()
         self._model_ready = _ENCODE({"name": m.name, "ready": True}).encode()
         self._gets = {E_LIVE: _LIVE, E_READY: _READY, E_SERVER: self._server}
+        # the model repository extension's index (Triton, MLServer): how clients find the name
+        self._index = _ENCODE([{"name": m.name, "version": str(m.version), "state": "READY"}]
+                              ).encode()
         self.encode_rows = RowsEncoder(predictor.task, predictor.classes,
                                        any(t.role == "probabilities" for t in predictor.output_tensors))
 
@@ -124,6 +129,9 @@ class App:
                     raise _method_not_allowed("GET, HEAD")
                 self.stats.record_request(endpoint)
                 return Response(200, self._model_ready if action == "ready" else self._metadata)
+            if path == E_REPOSITORY:
+                endpoint = E_REPOSITORY
+                return self._repository_index(request)
             body = self._gets.get(path)
             if body is not None or path == E_METRICS:
                 endpoint = path
@@ -165,6 +173,18 @@ class App:
         if version is not None and version != self.version:
             raise HttpError(404, f"unknown version {version[:40]!r} of model {self.name!r} "
                                  f"(available: {self.version})", "not_found")
+
+    def _repository_index(self, request: Request) -> Response:
+        """``POST /v2/repository/index`` with an optional ``{"ready": bool}``: this one model."""
+        if request.method != "POST":
+            raise _method_not_allowed("POST")
+        if request.body.strip():
+            self._media(request, binary_ok=False)
+            doc = self._json(request.body)
+            if type(doc) is not dict or type(doc.get("ready", False)) is not bool:
+                raise HttpError(400, 'expected {"ready": true|false} or an empty body', "input")
+        self.stats.record_request(E_REPOSITORY)
+        return Response(200, self._index)
 
     # -- bodies -----------------------------------------------------------------------
 
@@ -255,7 +275,7 @@ class App:
         if params is not None and type(params) is not dict:
             raise HttpError(400, '"parameters" must be an object', "input")
         try:
-            columns, rows = parse_inputs(doc.get("inputs"), self.predictor.inputs, binary)
+            columns, rows = parse_inputs(doc.get("inputs"), self.predictor.request_inputs, binary)
             self._rows(rows)
             predictor = self.predictor
             feeds = predictor.feeds(columns)

@@ -2,9 +2,11 @@
 
 :class:`Predictor` opens a bundle, checks it (checksums of every member; the signature
 when a public key is given), loads ``model.onnx`` into one onnxruntime session with the
-target's thread settings, and precomputes everything the hot path needs: input order,
-output names, the class array. ``predict`` takes rows (``[{feature: value}, ...]``) or
-columns (``{feature: [values]}``), validates them against the manifest's input schema
+threads the manifest asks for (``runtime.intra_op_threads``, 1 by default; spinning off
+above 1, see :mod:`edgeml.bundle.session`), and precomputes everything the hot path
+needs: input order, output names, the class array. ``predict`` takes rows
+(``[{feature: value}, ...]``) or columns (``{feature: [values]}``), validates them against
+the manifest's input schema
 (:func:`edgeml.bundle.feeds.to_feeds` semantics: an :class:`~edgeml.errors.InputError`
 names the feature and row) and returns a :class:`~edgeml.runtime.prediction.Prediction`.
 
@@ -25,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
+from edgeml.bundle.derive import request_inputs, resolve_timezone
 from edgeml.bundle.feeds import rows_to_columns, to_feeds
 from edgeml.bundle.manifest import MODEL, Manifest
 from edgeml.bundle.reader import Bundle, open_bundle
+from edgeml.bundle.session import bundle_session
 from edgeml.errors import BundleError, InputError, RuntimeServiceError
 from edgeml.runtime.prediction import Decoder, Prediction
 
@@ -86,7 +89,11 @@ class Predictor:
         self.sha256 = hashlib.sha256(model).hexdigest()
         if self.sha256 != m.files.get(MODEL):
             raise BundleError(f"{self.bundle.path.name}: {MODEL}: sha256 does not match the manifest")
-        self.session = _session(model, m, intra_op_threads)
+        # threads: what packaging measured for this model (manifest.runtime, default 1)
+        self.intra_op_threads = m.runtime.intra_op_threads if intra_op_threads is None \
+            else intra_op_threads
+        self.session = bundle_session(model, threads=self.intra_op_threads,
+                                      inter_op_threads=m.runtime.inter_op_threads)
         del model
         # The public InferenceSession.run re-validates the feed names on every call; the
         # feeds are built here from the manifest, so call the binding directly when present.
@@ -107,11 +114,16 @@ class Predictor:
                     f"{MODEL}: input {spec.name!r} is {have[spec.name]}, the manifest says {spec.dtype}"
                 )
         self.inputs = list(m.inputs)
+        self.derived = list(m.derived)  # raw timestamps -> derived inputs, before the graph
+        for d in self.derived:
+            resolve_timezone(d.timezone)  # BundleError now if the device has no such zone
+        self.request_inputs = request_inputs(self.inputs, self.derived)  # what requests carry
         self.task = m.task
         self._keyset = frozenset(s.name for s in m.inputs)
         self._num_names = [s.name for s in m.inputs if s.dtype != "string"]
         self._str_names = [s.name for s in m.inputs if s.dtype == "string"]
-        self._fast = all(s.dtype == "float32" for s in m.inputs if s.dtype != "string")
+        self._fast = not self.derived and all(
+            s.dtype == "float32" for s in m.inputs if s.dtype != "string")
         self._str_strict = any(not s.nullable for s in m.inputs if s.dtype == "string")
         self._num_specs = [(s.name, s.nullable) for s in m.inputs if s.dtype != "string"]
         self._str_specs = [(s.name, s.nullable) for s in m.inputs if s.dtype == "string"]
@@ -302,7 +314,7 @@ class Predictor:
         """The reference path: ``to_feeds`` plus the finiteness rules it does not enforce."""
         try:
             with np.errstate(over="ignore", invalid="ignore"):
-                feeds = to_feeds(self.inputs, columns)
+                feeds = to_feeds(self.inputs, columns, self.derived)
         except (OverflowError, ValueError, TypeError) as exc:
             raise InputError(_overflow_message(self._num_names, columns, exc)) from exc
         for name in self._num_names:
@@ -348,10 +360,10 @@ class Predictor:
         return {
             "name": m.name,
             "versions": [str(m.version)],
-            "platform": "onnxruntime",
+            "platform": "onnxruntime_onnx",  # as Triton names it
             "inputs": [
                 {"name": s.name, "datatype": _DTYPE_TO_OIP[s.dtype], "shape": [-1, 1]}
-                for s in m.inputs
+                for s in self.request_inputs  # a derived input's raw timestamp: BYTES
             ],
             "outputs": [
                 {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
@@ -366,23 +378,6 @@ def _verify(bundle: Bundle, public_key: Path | None) -> None:
     from edgeml.bundle.verify import verify_bundle
 
     verify_bundle(bundle.path, public_key=public_key, run_selftest=False)
-
-
-def _session(model: bytes, manifest: Manifest, intra_op_threads: int | None) -> Any:
-    opts = ort.SessionOptions()
-    # 0 is onnxruntime's default: one thread per core (device profiles use it for x86_64)
-    intra = manifest.target.intra_op_threads if intra_op_threads is None else intra_op_threads
-    opts.intra_op_num_threads = max(0, intra)
-    opts.inter_op_num_threads = max(0, manifest.target.inter_op_threads)
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    try:
-        return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises Fail/InvalidGraph/... of its own
-        text = str(exc).strip().splitlines()
-        detail = text[0] if text else type(exc).__name__
-        raise BundleError(f"{MODEL}: onnxruntime {ort.__version__} cannot load it: {detail}") from exc
 
 
 def _overflow_message(numeric: list[str], columns: Mapping[str, Any], exc: Exception) -> str:

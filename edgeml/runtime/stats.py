@@ -4,7 +4,10 @@
 
 - ``window(reset=True)``: a JSON-able snapshot of the current metrics window (the MQTT
   telemetry publishes one every N seconds); features are binned on the reference
-  profile's ``bin_edges`` from the manifest so the host can compare them with training.
+  profile's ``bin_edges`` from the manifest so the host can compare them with training;
+  predictions are summarised the way the reference profile summarises the holdout's
+  (class counts in ``classes`` order and a max-probability histogram for classifiers,
+  predictions or anomaly scores binned on the reference's edges).
 - ``prometheus_text()``: cumulative counters and a latency histogram for ``GET /metrics``
   (text exposition format 0.0.4). Counters never go back: a window reset folds the window
   into the totals.
@@ -33,7 +36,7 @@ from edgeml.bundle.manifest import Manifest
 from edgeml.runtime.features import NumericStats, make_feature_stats
 from edgeml.runtime.prediction import ANOMALY, NORMAL, Prediction
 
-__all__ = ["LATENCY_BUCKETS", "PROMETHEUS_CONTENT_TYPE", "Observer", "RuntimeStats"]
+__all__ = ["CONFIDENCE_BINS", "LATENCY_BUCKETS", "PROMETHEUS_CONTENT_TYPE", "Observer", "RuntimeStats"]
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +45,14 @@ Observer = Callable[[dict[str, np.ndarray], Prediction, float, str], None]
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                    0.25, 0.5, 1.0, 2.5, 5.0)
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONFIDENCE_BINS = 10  # max-probability histogram on [0, 1] (edgeml.train.reference's too)
 
 
 class _Window:
     """Everything that a window reset clears."""
 
     def __init__(self, stats: RuntimeStats) -> None:
-        self.started = time.time()
+        self.started = stats.clock()
         self.requests: dict[str, int] = {}
         self.errors: dict[str, int] = {}
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
@@ -59,7 +63,10 @@ class _Window:
         self.rows = 0
         self.features = make_feature_stats(stats.manifest, stats.max_categories)
         self.classes: dict[str, int] = {}
-        self.pred = NumericStats("prediction", stats.prediction_edges)
+        self.pred = NumericStats("prediction", stats.prediction_edges,
+                                 open_bins=stats.prediction_open)
+        self.confidence = np.zeros(CONFIDENCE_BINS, dtype=np.int64)
+        self.confidence_sum = 0.0
 
 
 class RuntimeStats:
@@ -73,15 +80,17 @@ class RuntimeStats:
         reservoir_size: int = 2048,
         flush_rows: int = 256,
         max_categories: int = 64,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.manifest = manifest
+        self.clock = clock  # wall clock of window start/end (a simulator passes its own)
         self.sha256 = sha256 or manifest.files.get("model.onnx", "")
         self.reservoir_size = reservoir_size
         self.flush_rows = flush_rows
         self.max_categories = max_categories
         ref = manifest.reference_profile.get("prediction") or {}
-        edges = ref.get("bin_edges") if ref.get("kind") == "regression" else None
-        self.prediction_edges: list[float] | None = edges
+        self.prediction_edges: list[float] | None = ref.get("bin_edges")
+        self.prediction_open = ref.get("binning") == "quantile"
         self.observers: list[Observer] = []
         self._lock = threading.Lock()
         self._feature_names = [spec.name for spec in manifest.inputs]
@@ -148,6 +157,10 @@ class RuntimeStats:
                 values = prediction.scores if prediction.task == "anomaly" else prediction.values
                 if values is not None:
                     self._pending_pred.append(values)
+            else:
+                probs = prediction.probabilities
+                if probs is not None:
+                    self._pending_conf.append(probs)
             labels = prediction.labels
             if labels:
                 counts = w.classes
@@ -183,12 +196,13 @@ class RuntimeStats:
         self._pending: list[tuple[str, list[np.ndarray], list[Any]]] = [
             (n, [], []) for n in self._feature_names]
         self._pending_pred: list[np.ndarray] = []
+        self._pending_conf: list[np.ndarray] = []
 
     def _flush(self) -> None:
         """Bin the pending feature values and predictions (caller holds the lock)."""
         if not self._pending_rows:
             return
-        pending, pred = self._pending, self._pending_pred
+        pending, pred, conf = self._pending, self._pending_pred, self._pending_conf
         self._new_pending()
         self._pending_rows = 0
         features = self._w.features
@@ -200,6 +214,12 @@ class RuntimeStats:
                 features[name].add(np.concatenate(parts, axis=None))
         if pred:
             self._w.pred.add(np.concatenate(pred, axis=None).astype(np.float64))
+        if conf:
+            top = np.concatenate([c.reshape(len(c), -1) for c in conf]).max(axis=1)
+            top = np.clip(top.astype(np.float64), 0.0, 1.0)
+            idx = np.minimum((top * CONFIDENCE_BINS).astype(np.int64), CONFIDENCE_BINS - 1)
+            self._w.confidence += np.bincount(idx, minlength=CONFIDENCE_BINS)
+            self._w.confidence_sum += float(top.sum())
 
     # -- reading ---------------------------------------------------------------------
 
@@ -208,7 +228,7 @@ class RuntimeStats:
         with self._lock:
             self._flush()
             w = self._w
-            now = time.time()
+            now = self.clock()
             snap = {
                 "model": self.model_info(),
                 "start": _iso(w.started),
@@ -230,15 +250,20 @@ class RuntimeStats:
         task = self.manifest.task
         if task == "classification":
             total = sum(w.classes.values())
+            classes = self.manifest.outputs.classes or []
+            conf = int(w.confidence.sum())
             return {"kind": task, "count": total, "counts": dict(w.classes),
-                    "frequencies": {c: n / total for c, n in w.classes.items()} if total else {}}
+                    "frequencies": {c: n / total for c, n in w.classes.items()} if total else {},
+                    "by_class": [w.classes.get(c, 0) for c in classes],
+                    "confidence": {"counts": w.confidence.tolist(), "count": conf,
+                                   "mean": w.confidence_sum / conf if conf else None}}
         if task == "regression":
             return {"kind": task, **w.pred.snapshot(kind=False)}
         total = sum(w.classes.values())
         anomalies = w.classes.get(ANOMALY, 0)
         return {"kind": task, "count": total, "anomalies": anomalies,
                 "anomaly_rate": anomalies / total if total else None,
-                "score_mean": w.pred.mean()}
+                "score_mean": w.pred.mean(), "scores": w.pred.snapshot(kind=False)}
 
     def _fold(self, w: _Window) -> None:
         for src, dst in ((w.requests, self._t_requests), (w.errors, self._t_errors),

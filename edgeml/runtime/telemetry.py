@@ -25,7 +25,6 @@ import logging
 import queue
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -34,7 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edgeml.errors import RuntimeServiceError, UsageError
+from edgeml.errors import RuntimeServiceError
 from edgeml.runtime import payloads
 from edgeml.runtime.commands import CommandHandler
 from edgeml.runtime.mqtt_client import (
@@ -45,9 +44,10 @@ from edgeml.runtime.mqtt_client import (
     protocol_name,
 )
 from edgeml.runtime.sampling import Sampler, iso_utc
-from edgeml.runtime.spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, Spool, default_spool_dir
+from edgeml.runtime.settings import TelemetrySettings
+from edgeml.runtime.spool import Spool, default_spool_dir
 from edgeml.runtime.system import CpuMeter, device_reading, platform_info, rss_bytes
-from edgeml.runtime.topics import DEFAULT_BASE, DEFAULT_FLEET, DeviceTopics, default_device_id
+from edgeml.runtime.topics import DeviceTopics, default_device_id
 
 __all__ = ["DeviceAgent"]
 
@@ -59,55 +59,32 @@ _TICK_S = 1.0  # idle wake-up period (samples, sampler refresh); events wake it 
 
 
 class DeviceAgent:
-    """Connects a device to an MQTT broker and keeps it reporting. ``start()`` / ``stop()``."""
+    """Connects a device to an MQTT broker and keeps it reporting. ``start()`` / ``stop()``.
+
+    ``DeviceAgent(predictor, stats, BrokerSettings.from_url(url), TelemetrySettings(...))``.
+    """
 
     def __init__(
         self,
         predictor: Any,
         stats: Any,
+        broker: BrokerSettings,
+        telemetry: TelemetrySettings | None = None,
         *,
-        broker: str | BrokerSettings,
-        device_id: str | None = None,
-        fleet: str = DEFAULT_FLEET,
-        base_topic: str = DEFAULT_BASE,
-        metrics_interval: float = 10.0,
-        spool_dir: str | Path | None = None,
-        spool_max_messages: int = DEFAULT_MAX_MESSAGES,
-        spool_max_bytes: int = DEFAULT_MAX_BYTES,
-        sample_rate: float = 0.0,
-        sample_max_per_minute: int = 60,
-        username: str | None = None,
-        password: str | None = None,
-        tls_ca: str | None = None,
-        tls_cert: str | None = None,
-        tls_key: str | None = None,
-        tls_insecure: bool = False,
-        mqtt_version: str = "auto",
-        keepalive: int = 30,
-        reconnect_max_delay: int = 30,
         max_batch: int = 1024,
         http_url: str | None = None,
     ) -> None:
-        if isinstance(broker, BrokerSettings):
-            self.broker = broker
-        else:
-            self.broker = BrokerSettings.from_url(
-                broker, username=username, password=password, tls_ca=tls_ca, tls_cert=tls_cert,
-                tls_key=tls_key, tls_insecure=tls_insecure or None, keepalive=keepalive,
-                mqtt_version=mqtt_version,
-            )
-        if not metrics_interval > 0:
-            raise UsageError(f"metrics interval {metrics_interval} must be > 0 seconds")
-        if not 0.0 <= sample_rate <= 1.0:
-            raise UsageError(f"sample rate {sample_rate} must be between 0 and 1")
+        settings = telemetry or TelemetrySettings()
+        self.broker = broker
+        self.settings = settings
         self.predictor = predictor
         self.stats = stats
-        self.topics = DeviceTopics.create(base_topic, fleet, device_id or default_device_id())
-        self.metrics_interval = float(metrics_interval)
-        self.spool_dir = Path(spool_dir) if spool_dir else default_spool_dir(self.topics.device)
-        self._spool_bounds = (spool_max_messages, spool_max_bytes)
-        self.sampler = Sampler(sample_rate, sample_max_per_minute)
-        self.reconnect_max_delay = max(1, int(reconnect_max_delay))
+        self.topics = DeviceTopics.create(settings.base_topic, settings.fleet,
+                                          settings.device_id or default_device_id())
+        self.metrics_interval = float(settings.metrics_interval)
+        self.spool_dir = settings.spool_dir or default_spool_dir(self.topics.device)
+        self.sampler = Sampler(settings.sample_rate, settings.sample_max_per_minute)
+        self.reconnect_max_delay = settings.reconnect_max_delay
         self.http_url = http_url
         self.session = 0
         self.started_at = ""
@@ -136,8 +113,8 @@ class DeviceAgent:
         # Build (and drop) one client now: unreadable TLS files are a usage error at start,
         # not a log line repeated by every reconnection attempt.
         make_client(self.broker, self.topics.client_id, mqtt.MQTTv5)
-        self.spool = Spool(self.spool_dir, max_messages=self._spool_bounds[0],
-                           max_bytes=self._spool_bounds[1])
+        self.spool = Spool(self.spool_dir, max_messages=self.settings.spool_max_messages,
+                           max_bytes=self.settings.spool_max_bytes)
         self.session = self.spool.increment("session")
         self.started_at = iso_utc(time.time())
 
@@ -165,6 +142,34 @@ class DeviceAgent:
     @property
     def connected(self) -> bool:
         return self._connected
+
+    def swap(self, predictor: Any, stats: Any) -> None:
+        """Report on ``predictor`` from now on (a ModelHolder listener; thread-safe).
+
+        The old model's window is spooled first, so no metrics window mixes two versions;
+        then ``$info`` is republished. Returns once the agent thread has done it.
+        """
+        done = threading.Event()
+        if self._thread is None:
+            self._swap(predictor, stats, done)
+            return
+        self._events.put(("swap", predictor, stats, done))
+        done.wait(10.0)
+
+    def _swap(self, predictor: Any, stats: Any, done: threading.Event) -> None:
+        try:
+            if self.spool is not None:
+                self._spool_samples()
+                self._spool_metrics()  # the old version's last window, on its own
+            self.sampler.detach()
+            self.predictor, self.stats = predictor, stats
+            if self._thread is not None:
+                self.sampler.attach(stats.observers)
+            client = self._client
+            if client is not None and self._connected:
+                client.publish(self.topics.info, payloads.dumps(self.info()), qos=1, retain=True)
+        finally:
+            done.set()
 
     # -- the agent thread ---------------------------------------------------------------
 
@@ -215,6 +220,8 @@ class DeviceAgent:
             self.counters["connects"] += 1
         elif kind == "disconnected":
             self._connected = False
+        elif kind == "swap":
+            self._swap(event[1], event[2], event[3])
         elif kind == "message" and not self._stopping.is_set():
             self.requests.handle(event[1])
 

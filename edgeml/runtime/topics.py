@@ -4,16 +4,22 @@ One device lives under ``<base>/<fleet>/<device>/`` (Homie-style; ``base`` defau
 ``edgeml``, ids are ``[a-z0-9-]``)::
 
     <base>/<fleet>/<device>/$state            retained, QoS 1: init | ready | disconnected | lost (will)
-    <base>/<fleet>/<device>/$info             retained, QoS 1: edgeml.info/1 (model, platform, session, topics)
-    <base>/<fleet>/<device>/metrics           QoS 1: edgeml.metrics/1 every --metrics-interval seconds
+    <base>/<fleet>/<device>/$info             retained, QoS 1: edgeml.info/2 (model, platform, session, topics, reference)
+    <base>/<fleet>/<device>/metrics           QoS 1: edgeml.metrics/2 every --metrics-interval seconds
     <base>/<fleet>/<device>/samples           QoS 1: edgeml.sample/1 (opt-in, rate-limited input capture)
     <base>/<fleet>/<device>/feedback/set      command (not retained): {"id": <sample id>, "label": ...}
     <base>/<fleet>/<device>/feedback          QoS 1: edgeml.feedback/1 (the label joined with its sample)
     <base>/<fleet>/<device>/infer             inference requests (MQTT v5: reply to ResponseTopic)
     <base>/<fleet>/<device>/infer/response    default reply topic when a request names none
+    <base>/<fleet>/<device>/deploy/set        deploy command (QoS 1, not retained; edgeml.agent.protocol)
+    <base>/<fleet>/<device>/deploy            QoS 1, spooled: edgeml.deploy-report/1 (received ... committed)
+    <base>/<fleet>/<device>/deploy/chunks/get QoS 1: the device asks for chunks of a bundle
+    <base>/<fleet>/<device>/deploy/chunks     QoS 1: binary chunks sent to the device
+    <base>/$alerts/<fleet>/<device>           QoS 1: edgeml.alert/1, published by the fleet monitor
+                                              (``$fleet`` for a fleet- or model-wide alert)
 
-Wildcard helpers (:func:`fleet_filter`, :func:`all_devices_filter`) and :func:`parse_topic`
-are for monitors that watch a whole fleet. Device-safe: standard library only.
+Wildcard helpers (:func:`fleet_filter`, :func:`all_devices_filter`, :func:`shared_filter`)
+and :func:`parse_topic` are for monitors that watch a whole fleet. Device-safe: standard library only.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 from edgeml.errors import UsageError
 
 __all__ = [
+    "ALERTS",
     "DEFAULT_BASE",
     "DEFAULT_FLEET",
     "INFO",
@@ -34,10 +41,13 @@ __all__ = [
     "STATE",
     "STATES",
     "DeviceTopics",
+    "alert_topic",
+    "alerts_filter",
     "all_devices_filter",
     "default_device_id",
     "fleet_filter",
     "parse_topic",
+    "shared_filter",
     "validate_base",
     "validate_id",
 ]
@@ -54,13 +64,19 @@ FEEDBACK = "feedback"
 FEEDBACK_SET = "feedback/set"
 INFER = "infer"
 INFER_RESPONSE = "infer/response"
-LEAVES = (STATE, INFO, METRICS, SAMPLES, FEEDBACK, FEEDBACK_SET, INFER, INFER_RESPONSE)
+DEPLOY = "deploy"
+DEPLOY_SET = "deploy/set"
+DEPLOY_CHUNKS = "deploy/chunks"
+DEPLOY_CHUNKS_GET = "deploy/chunks/get"
+LEAVES = (STATE, INFO, METRICS, SAMPLES, FEEDBACK, FEEDBACK_SET, INFER, INFER_RESPONSE,
+          DEPLOY, DEPLOY_SET, DEPLOY_CHUNKS, DEPLOY_CHUNKS_GET)
 
 # Values of $state (Homie 4 device lifecycle subset).
 STATES = ("init", "ready", "disconnected", "lost")
 
 _ID = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 _BASE_SEGMENT = re.compile(r"^[A-Za-z0-9_.-]+$")
+_GROUP = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def validate_id(value: str, what: str = "id") -> str:
@@ -145,9 +161,30 @@ class DeviceTopics:
         return self.leaf(INFER_RESPONSE)
 
     @property
+    def deploy(self) -> str:
+        return self.leaf(DEPLOY)
+
+    @property
+    def deploy_set(self) -> str:
+        return self.leaf(DEPLOY_SET)
+
+    @property
+    def deploy_chunks(self) -> str:
+        return self.leaf(DEPLOY_CHUNKS)
+
+    @property
+    def deploy_chunks_get(self) -> str:
+        return self.leaf(DEPLOY_CHUNKS_GET)
+
+    @property
     def client_id(self) -> str:
         """The stable MQTT client id: one device id is one session on the broker."""
         return f"edgeml-{self.fleet}-{self.device}"[:128]
+
+    @property
+    def deploy_client_id(self) -> str:
+        """The deploy agent's own MQTT session (beside the telemetry one)."""
+        return f"edgeml-{self.fleet}-{self.device}"[:121] + "-deploy"
 
     def as_dict(self) -> dict[str, str]:
         """Every topic by role, as published in ``$info``."""
@@ -160,6 +197,8 @@ class DeviceTopics:
             "feedback_set": self.feedback_set,
             "infer": self.infer,
             "infer_response": self.infer_response,
+            "deploy": self.deploy,
+            "deploy_set": self.deploy_set,
         }
 
     def everything(self) -> str:
@@ -185,6 +224,41 @@ def all_devices_filter(base: str = DEFAULT_BASE, leaf: str = "#") -> str:
     if leaf != "#" and leaf not in LEAVES:
         raise ValueError(f"unknown topic leaf {leaf!r}")
     return f"{base}/+/+/{leaf}"
+
+
+def shared_filter(group: str, topic_filter: str) -> str:
+    """``$share/<group>/<filter>``: an MQTT v5 shared subscription; the group splits the messages.
+
+    Brokers send no retained messages to shared subscriptions: subscribe to retained leaves
+    (``$state``, ``$info``) with an ordinary filter.
+    """
+    if not isinstance(group, str) or not _GROUP.match(group):
+        raise UsageError(
+            f"group {group!r} is not valid: use 1-64 letters, digits, '_', '.', '-'"
+        )
+    return f"$share/{group}/{topic_filter}"
+
+
+ALERTS = "$alerts"  # the monitor's alert tree: <base>/$alerts/<fleet|$fleet>/<device|$fleet>
+FLEET_WIDE = "$fleet"
+
+
+def alert_topic(base: str, fleet: str | None, device: str | None) -> str:
+    """``<base>/$alerts/<fleet>/<device>`` where the monitor publishes edgeml.alert/1.
+
+    A fleet-wide alert uses ``$fleet`` for the device, a model-wide one for both
+    (``$`` cannot start an id, so this tree never collides with a device's).
+    """
+    validate_base(base)
+    f = validate_id(fleet, "fleet id") if fleet is not None else FLEET_WIDE
+    d = validate_id(device, "device id") if device is not None else FLEET_WIDE
+    return f"{base}/{ALERTS}/{f}/{d}"
+
+
+def alerts_filter(base: str = DEFAULT_BASE) -> str:
+    """``<base>/$alerts/#``: every alert the monitors publish."""
+    validate_base(base)
+    return f"{base}/{ALERTS}/#"
 
 
 def parse_topic(base: str, topic: str) -> tuple[str, str, str] | None:

@@ -1,4 +1,4 @@
-"""Loading a recipe's data into the raw feature frame (TEAM.md contract) and checking it.
+"""Loading a recipe's data into the raw feature frame (one column per model.json ``features`` entry, :mod:`edgeml.train.model_json`) and checking it.
 
 :func:`load_dataset` reads the source (see :mod:`edgeml.train.sources`), drops
 ``data.drop`` columns, drops rows whose target is missing (and counts them),
@@ -7,6 +7,8 @@ normalizes the frame:
 
 - numeric features: float64, NaN for missing (booleans 0/1, datetimes as epoch seconds);
 - categorical and text features: Python ``str`` (object dtype), ``""`` for missing;
+- datetime features (declared only): replaced in place by their derived numeric columns
+  (:mod:`edgeml.train.datetimes`); the raw values stay in ``Dataset.raw``;
 - target: classification -> ``str`` labels; regression -> float64;
   anomaly -> int64 0 (normal) / 1 (anomaly).
 
@@ -25,8 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from edgeml.bundle.manifest import DerivedInput
 from edgeml.errors import DataError
-from edgeml.train.recipe import DataSpec
+from edgeml.train.recipe import DataSpec, DatetimeSpec
 from edgeml.train.sources import RawData, read_source
 
 __all__ = [
@@ -57,6 +60,8 @@ class Dataset:
     sha256: str
     rows: int  # rows read from the source
     dropped_missing_target: int
+    derived: tuple[DerivedInput, ...] = ()  # datetime columns and the features derived from them
+    raw: pd.DataFrame | None = None  # the datetime columns' raw values, same index as frame
 
     @property
     def features(self) -> list[str]:
@@ -175,7 +180,7 @@ def _numeric_column(
 
 
 def normalize_features(frame: pd.DataFrame, kinds: dict[str, str], source: str = "data") -> pd.DataFrame:
-    """The raw feature frame for ``kinds`` (column order of ``kinds``), per the TEAM.md contract."""
+    """The raw feature frame for ``kinds`` (column order of ``kinds``), as model.json ``features`` lists them."""
     missing = [c for c in kinds if c not in frame.columns]
     if missing:
         raise DataError(
@@ -212,8 +217,11 @@ def _target_column(series: pd.Series, task: str, name: str, source: str, names: 
     return labels
 
 
-def prepare(raw: RawData, spec: DataSpec, *, task: str, strict: bool = True) -> Dataset:
-    """Clean a raw frame per ``spec`` for ``task``. ``strict=False`` tolerates all-missing columns."""
+def prepare(raw: RawData, spec: DataSpec, *, task: str, strict: bool = True,
+            datetime: DatetimeSpec | None = None) -> Dataset:
+    """Clean a raw frame per ``spec`` for ``task``. ``strict=False`` tolerates all-missing columns.
+
+    ``datetime``: the recipe's ``features.datetime`` (what datetime columns become)."""
     frame, source = raw.frame, raw.source
     frame = frame.set_axis([str(c) for c in frame.columns], axis=1)
     dupes = frame.columns[frame.columns.duplicated()].unique().tolist()
@@ -265,20 +273,26 @@ def prepare(raw: RawData, spec: DataSpec, *, task: str, strict: bool = True) -> 
         kinds[name] = spec.columns.get(name) or infer_kind(frame[name])  # type: ignore[assignment]
     if not kinds:
         raise DataError(f"{source}: no feature columns (only the target '{target}')")
-    out = normalize_features(frame, kinds, source)
+    from edgeml.train.datetimes import expand_datetimes
+
+    expanded = expand_datetimes(frame, kinds, datetime, source)
+    kinds = expanded.kinds
+    out = normalize_features(expanded.frame, kinds, source)
     if target is not None:
         names = raw.label_names.get(target) if task == "classification" else None
         out[target] = _target_column(frame[target], task, target, source, names)
     out = out.reset_index(drop=True)
-    return Dataset(out, target, kinds, source, raw.sha256, rows, dropped)
+    times = expanded.raw.reset_index(drop=True)
+    return Dataset(out, target, kinds, source, raw.sha256, rows, dropped, expanded.derived, times)
 
 
 def load_dataset(
-    spec: DataSpec, base_dir: Path, *, task: str, override: Path | None = None
+    spec: DataSpec, base_dir: Path, *, task: str, override: Path | None = None,
+    datetime: DatetimeSpec | None = None,
 ) -> Dataset:
     """Read, check and normalize the data of a recipe (``override`` replaces the source file)."""
     raw = read_source(spec, Path(base_dir), override)
-    return prepare(raw, spec, task=task)
+    return prepare(raw, spec, task=task, datetime=datetime)
 
 
 def _bound(value: Any) -> float | None:

@@ -184,6 +184,20 @@ def evaluate_model(ref: str, *, registry: Path, data: Path | None) -> dict[str, 
         spec_raw = dict(meta["recipe"]["data"])
         spec = DataSpec(source=str(data), format="auto", table=spec_raw.get("table"), query=spec_raw.get("query"))
         raw = read_source(spec, Path.cwd(), Path(data))
+        order = list(kinds)
+        derived = entry.record.derived_inputs()
+        options = None
+        if derived:  # new data carries the raw timestamps: derive as at training time
+            from edgeml.train.recipe import DatetimeSpec
+
+            gone = {n for d in derived for n in d.names}
+            kinds = {k: v for k, v in kinds.items() if k not in gone}
+            kinds.update({d.source: "datetime" for d in derived})
+            first = derived[0]
+            if any((d.features, d.timezone) != (first.features, first.timezone) for d in derived):
+                raise DataError(f"{label}: its datetime columns derive different features; "
+                                "evaluate it on its stored holdout (no --data)")
+            options = DatetimeSpec(derive=tuple(first.features), timezone=first.timezone)
         absent = [c for c in kinds if c not in raw.frame.columns]
         if absent:
             raise DataError(
@@ -196,8 +210,8 @@ def evaluate_model(ref: str, *, registry: Path, data: Path | None) -> dict[str, 
         keep = [*kinds, target] if has_target else list(kinds)
         trimmed = type(raw)(raw.frame[keep], raw.source, raw.sha256, raw.label_names)
         spec = spec.model_copy(update={"target": target if has_target else None, "columns": kinds})
-        ds = prepare(trimmed, spec, task=task, strict=False)
-        X, y = ds.X, ds.y
+        ds = prepare(trimmed, spec, task=task, strict=False, datetime=options)
+        X, y = ds.X[order], ds.y
         source, rows, dropped = ds.source, ds.rows, ds.dropped_missing_target
     pipeline = entry.load_pipeline()
     pred, proba, classes, scores = _predict(pipeline, task, X)

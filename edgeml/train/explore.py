@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from edgeml.train.data import infer_task, prepare
-from edgeml.train.profile import column_stats, missing_mask
 from edgeml.train.recipe import DataSpec
+from edgeml.train.reference import column_stats, missing_mask
 from edgeml.train.sources import EXTENSIONS, read_source, sqlite_tables
 
 __all__ = ["LEAKAGE_SCORE", "ExploreResult", "Hint", "explore"]

@@ -1,10 +1,13 @@
 """Seeded generators of the example datasets shipped in ``models/data/``.
 
 - :func:`machine_health`: predictive-maintenance sensor readings with injected faults;
-- :func:`support_tickets`: short support tickets (free text) labelled with a category.
+- :func:`support_tickets`: short support tickets (free text) labelled with a category;
+- :func:`machine_load`: time-stamped readings whose load level follows a daily shift cycle
+  and the season.
 
-``python -m edgeml.train.generators [OUTDIR]`` regenerates ``machine_health.csv`` and
-``support_tickets.csv`` byte-identically (default OUTDIR: ``models/data``).
+``python -m edgeml.train.generators [OUTDIR]`` regenerates ``machine_health.csv``,
+``support_tickets.csv`` and ``machine_load.csv`` byte-identically (default OUTDIR:
+``models/data``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import pandas as pd
 
 from edgeml._files import atomic_write
 
-__all__ = ["DEFAULTS", "machine_health", "main", "support_tickets", "write_csv"]
+__all__ = ["DEFAULTS", "machine_health", "machine_load", "main", "support_tickets", "write_csv"]
 
 # machine type -> (rpm, current A, temperature C, pressure bar, vibration mm/s RMS) means
 _MACHINES: dict[str, tuple[float, float, float, float, float]] = {
@@ -186,9 +189,49 @@ def support_tickets(n_rows: int = 1200, seed: int = 11, label_noise: float = 0.0
     return pd.DataFrame(rows)
 
 
+_LOAD_START = np.datetime64("2023-01-01T00:00:00")
+_LOAD_LEVELS = ("idle", "normal", "peak")
+
+
+def machine_load(n_rows: int = 3000, seed: int = 13, days: int = 731) -> pd.DataFrame:
+    """Readings of one plant's machines at random times from 2023-01-01 over ``days`` days.
+
+    The hidden load is mostly the calendar: the day shift (06:00-18:00 UTC on weekdays, a
+    smooth ramp in and out) and the season (cooling demand peaks in late July); the sensors
+    (current, temperature, vibration) see it only through heavy noise, and the temperature
+    also follows the weather. ``load`` is ``idle`` / ``normal`` / ``peak`` (thresholds on the
+    hidden load). ``timestamp`` is ISO 8601 UTC (``...Z``); rows are in time order.
+    """
+    rng = np.random.default_rng(seed)
+    seconds = np.sort(rng.integers(0, days * 86400, size=n_rows))
+    stamps = _LOAD_START + seconds.astype("timedelta64[s]")
+    ts = pd.DatetimeIndex(stamps)
+    hour = ts.hour.to_numpy() + ts.minute.to_numpy() / 60.0
+    weekday = ts.day_of_week.to_numpy()
+    doy = ts.day_of_year.to_numpy()
+    shift = 1.0 / (1.0 + np.exp(-2.0 * (hour - 6.0))) - 1.0 / (1.0 + np.exp(-2.0 * (hour - 18.0)))
+    shift = np.where(weekday < 5, shift, 0.15 * shift)
+    season = np.cos(2 * np.pi * (doy - 205) / 365.25)  # +1 late July, -1 late January
+    hidden = 0.55 * shift + 0.3 * season + rng.normal(0.0, 0.08, n_rows)
+    load = np.where(hidden < 0.15, 0, np.where(hidden > 0.55, 2, 1))
+    machine = rng.choice(("pump", "compressor", "fan"), size=n_rows)
+    base = np.select([machine == "pump", machine == "compressor"], [12.0, 20.0], 6.0)
+    weather = 12.0 + 9.0 * season + rng.normal(0.0, 4.0, n_rows)
+    frame = pd.DataFrame({
+        "timestamp": [t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in ts],
+        "machine_type": machine,
+        "current_a": np.round(base * (1.0 + 0.5 * hidden) + rng.normal(0.0, 3.0, n_rows), 2),
+        "temperature_c": np.round(weather + 6.0 * hidden + rng.normal(0.0, 2.0, n_rows), 1),
+        "vibration_mm_s": np.round(np.abs(1.5 + 1.2 * hidden + rng.normal(0.0, 0.9, n_rows)), 3),
+        "load": [_LOAD_LEVELS[i] for i in load],
+    })
+    return frame
+
+
 DEFAULTS = {
     "machine_health.csv": lambda: machine_health(2000, seed=7),
     "support_tickets.csv": lambda: support_tickets(1200, seed=11),
+    "machine_load.csv": lambda: machine_load(3000, seed=13),
 }
 
 

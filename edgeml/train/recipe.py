@@ -10,7 +10,7 @@ Annotated example (see README for the full reference)::
     data:
       source: data/penguins.csv     # path relative to the recipe, or sklearn:iris, or sqlite:path.db
       target: species
-      columns: {island: categorical}  # optional kinds: numeric | categorical | text
+      columns: {island: categorical}  # optional kinds: numeric | categorical | text | datetime
       drop: [year]
     preprocess:
       numeric: {impute: median, scale: standard}
@@ -34,12 +34,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edgeml._validation import first_error
 from edgeml.errors import NotFoundError, RecipeError
+from edgeml.train.steps import validate_candidates
 
 __all__ = [
     "CandidateSpec",
     "CategoricalSpec",
     "DataSpec",
+    "DatetimeSpec",
     "FeaturesSpec",
     "Gate",
     "NumericSpec",
@@ -53,7 +56,7 @@ __all__ = [
 ]
 
 Task = Literal["classification", "regression", "anomaly"]
-ColumnKind = Literal["numeric", "categorical", "text"]
+ColumnKind = Literal["numeric", "categorical", "text", "datetime"]
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 GATE_RE = re.compile(r"^\s*(>=|<=|>|<|==)\s*(-?[0-9.]+(?:[eE]-?[0-9]+)?)\s*$")
 
@@ -127,7 +130,47 @@ class PCASpec(_Spec):
     n_components: int = Field(gt=0)
 
 
+class DatetimeSpec(_Spec):
+    """``features.datetime``: what every ``datetime`` column becomes (edgeml.bundle.derive).
+
+    ``derive`` null: month, weekday, dayofyear_sin/cos, plus hour_sin/cos when the data has
+    times of day. ``timezone``: the IANA zone of naive timestamps (and of the derived
+    calendar); ``UTC`` needs no time zone database on the device.
+    """
+
+    derive: tuple[str, ...] | None = None
+    timezone: str = "UTC"
+
+    @field_validator("derive")
+    @classmethod
+    def _derive(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        from edgeml.bundle.manifest import DATETIME_FEATURES
+
+        if v is not None:
+            if not v:
+                raise ValueError("must list at least one feature (or be null for the default)")
+            bad = [f for f in v if f not in DATETIME_FEATURES]
+            if bad:
+                raise ValueError(f"{bad[0]!r} is not one of {', '.join(DATETIME_FEATURES)}")
+            if len(set(v)) != len(v):
+                raise ValueError("lists a feature twice")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        from edgeml.bundle.derive import resolve_timezone
+        from edgeml.errors import BundleError
+
+        try:
+            resolve_timezone(v)
+        except BundleError as exc:
+            raise ValueError(str(exc)) from exc
+        return v
+
+
 class FeaturesSpec(_Spec):
+    datetime: DatetimeSpec | None = None  # None: the defaults (left out of the recipe hash)
     polynomial: PolynomialSpec | None = None
     select: SelectSpec | None = None
     pca: PCASpec | None = None
@@ -226,19 +269,14 @@ class Recipe(_Spec):
         return self.path.parent if self.path else Path.cwd()
 
     def to_dict(self) -> dict[str, Any]:
+        if self.features.datetime is None:  # recipes without it hash as before it existed
+            return self.model_dump(mode="json", exclude={"path": True, "features": {"datetime"}})
         return self.model_dump(mode="json", exclude={"path"})
 
     def sha256(self) -> str:
         """Hash of the recipe's normalized content (not of the file's formatting)."""
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def _field_path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def parse_recipe(raw: Any, path: Path | str = "<recipe>") -> Recipe:
@@ -248,12 +286,10 @@ def parse_recipe(raw: Any, path: Path | str = "<recipe>") -> Recipe:
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        raise RecipeError(path, msg, _field_path(err["loc"]) or None) from exc
-    return recipe.model_copy(update={"path": Path(path)}) if str(path) != "<recipe>" else recipe
+        raise RecipeError(path, *first_error(exc)) from exc
+    recipe = recipe.model_copy(update={"path": Path(path)}) if str(path) != "<recipe>" else recipe
+    validate_candidates(recipe)  # the catalog: families, params, and what cannot convert
+    return recipe
 
 
 def load_recipe(path: Path | str) -> Recipe:

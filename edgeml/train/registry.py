@@ -1,29 +1,33 @@
 """The model registry: ``<root>/<name>/<version>/`` folders, versions 1, 2, 3... never overwritten.
 
-Each version holds ``model.json`` (schema_version 1, see TEAM.md), ``pipeline.joblib``
-(host only), ``holdout.parquet`` (raw feature frame + target column) and
-``report.html``. A version is built in ``<root>/<name>/.tmp-<random>/`` and renamed
-into place in one ``os.rename``; when another process took that number first, the
-folder is rebuilt for the next number. Readers never see a half-written version.
+Each version holds ``model.json`` (:mod:`edgeml.train.model_json`, validated whenever an
+entry is read), ``pipeline.joblib`` (host only), ``holdout.parquet`` (raw feature frame +
+target column) and ``report.html``. A version is built in ``<root>/<name>/.tmp-<random>/``,
+every file and the folder are fsynced, and it is renamed into place in one ``os.rename``
+(then the parent folder is fsynced); when another process took that number first, the
+folder is rebuilt for the next number. Readers never see a half-written version, and a
+power cut never leaves a version folder with empty files.
 
 References: ``name`` (latest version) or ``name@3``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from edgeml._files import atomic_rename_dir
 from edgeml.errors import NotFoundError, RegistryError, UsageError
+from edgeml.train.model_json import ModelJson, read_model_json
 
 __all__ = ["Entry", "Registry", "compare_entries", "parse_ref", "summarize_entry"]
 
@@ -49,16 +53,21 @@ class Entry:
     name: str
     version: int
     path: Path
-    meta: dict[str, Any]
+    record: ModelJson  # the validated model.json
+
+    @cached_property
+    def meta(self) -> dict[str, Any]:
+        """``model.json`` as plain JSON values (validated, defaults filled in)."""
+        return self.record.to_dict()
 
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
 
     def file(self, key: str) -> Path:
-        """Path of a file named in ``meta["files"]`` (pipeline, holdout, report)."""
+        """Path of a file named in model.json ``files`` (pipeline, holdout, report)."""
         default = {"pipeline": PIPELINE, "holdout": HOLDOUT, "report": REPORT}.get(key, key)
-        return self.path / str(self.meta.get("files", {}).get(key, default))
+        return self.path / str(getattr(self.record.files, key, default))
 
     def load_pipeline(self) -> Any:
         """The fitted scikit-learn pipeline (host only: this unpickles)."""
@@ -81,35 +90,34 @@ class Entry:
             raise RegistryError(f"{self.ref}: {p.name} is missing") from exc
         except Exception as exc:
             raise RegistryError(f"{self.ref}: cannot read {p.name}: {exc}") from exc
-        features = self.meta.get("features", [])
-        cols = [f["name"] for f in features]
+        features = self.record.features
+        cols = [f.name for f in features]
         missing = [c for c in cols if c not in frame.columns]
         if missing:
             raise RegistryError(f"{self.ref}: {p.name} lacks feature columns {missing}")
         X = pd.DataFrame(index=frame.index)
         for f in features:
-            col = frame[f["name"]]
-            if f["kind"] == "numeric":
-                X[f["name"]] = col.astype("float64")
+            col = frame[f.name]
+            if f.kind == "numeric":
+                X[f.name] = col.astype("float64")
             else:
-                X[f["name"]] = pd.Series(
+                X[f.name] = pd.Series(
                     ["" if pd.isna(v) else str(v) for v in col], index=frame.index, dtype=object
                 )
-        target = (self.meta.get("target") or {}).get("name")
+        target = self.record.target.name
         y = frame[target] if target and target in frame.columns else None
-        if y is not None and (self.meta.get("target") or {}).get("classes") is not None:
+        if y is not None and self.record.target.classes is not None:
             y = pd.Series([str(v) for v in y], index=frame.index, dtype=object, name=target)
         return X, y
 
 
-def _read_meta(folder: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads((folder / MODEL_JSON).read_text())
-    except (OSError, ValueError) as exc:
-        raise RegistryError(f"unreadable {folder / MODEL_JSON}: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise RegistryError(f"{folder / MODEL_JSON} is not a JSON object")
-    return meta
+def _read_record(folder: Path, name: str, version: int) -> ModelJson:
+    path = folder / MODEL_JSON
+    record = read_model_json(path)
+    if (record.name, record.version) != (name, version):
+        raise RegistryError(f"{path}: name/version: says {record.ref}, but the folder is "
+                            f"{name}@{version}")
+    return record
 
 
 class Registry:
@@ -135,7 +143,7 @@ class Registry:
 
     def _entry(self, name: str, version: int) -> Entry:
         path = self.root / name / str(version)
-        return Entry(name=name, version=version, path=path, meta=_read_meta(path))
+        return Entry(name=name, version=version, path=path, record=_read_record(path, name, version))
 
     def list(self, name: str | None = None) -> list[Entry]:
         """Every entry (or every version of ``name``), sorted by name then version."""
@@ -185,8 +193,9 @@ class Registry:
                 write(tmp, version)
                 if not (tmp / MODEL_JSON).is_file():
                     raise RegistryError(f"registering {name}: no {MODEL_JSON} was written")
+                _read_record(tmp, name, version)  # never register an entry readers refuse
                 try:
-                    os.rename(tmp, base / str(version))
+                    atomic_rename_dir(tmp, base / str(version))
                 except OSError:
                     if (base / str(version)).exists():
                         continue  # someone else took this number: rebuild for the next one
@@ -203,21 +212,19 @@ class Registry:
 
 def summarize_entry(entry: Entry) -> dict[str, Any]:
     """The stable one-line summary used by ``edgeml models list``."""
-    m = entry.meta
-    model = m.get("model", {})
-    data = m.get("data", {})
+    r = entry.record
     return {
         "ref": entry.ref,
         "name": entry.name,
         "version": entry.version,
-        "task": m.get("task"),
-        "created_at": m.get("created_at"),
-        "family": model.get("family"),
-        "scoring": model.get("scoring"),
-        "cv_mean": model.get("cv_mean"),
-        "holdout": {k: v for k, v in m.get("metrics", {}).get("holdout", {}).items()
-                    if isinstance(v, (int, float)) and not isinstance(v, bool)},
-        "data_sha256": data.get("sha256"),
+        "task": r.task,
+        "created_at": r.created_at,
+        "family": r.model.family,
+        "scoring": r.model.scoring,
+        "cv_mean": r.model.cv_mean,
+        "primary": r.metrics.primary,
+        "holdout": r.holdout_scalars(),
+        "data_sha256": r.data.sha256,
         "path": str(entry.path),
     }
 
@@ -231,42 +238,28 @@ def _diff(a: Any, b: Any) -> dict[str, Any]:
 
 def compare_entries(a: Entry, b: Entry) -> dict[str, Any]:
     """Side-by-side comparison of two entries and the list of what differs."""
-    ma, mb = a.meta, b.meta
-
-    def numeric_metrics(m: dict[str, Any]) -> dict[str, Any]:
-        hold = m.get("metrics", {}).get("holdout", {})
-        return {k: v for k, v in hold.items() if isinstance(v, (int, float))
-                and not isinstance(v, bool)}
-
-    met_a, met_b = numeric_metrics(ma), numeric_metrics(mb)
-    par_a = ma.get("model", {}).get("params", {})
-    par_b = mb.get("model", {}).get("params", {})
+    ra, rb = a.record, b.record
+    met_a, met_b = ra.holdout_scalars(), rb.holdout_scalars()
+    par_a, par_b = ra.model.params, rb.model.params
     sections: dict[str, dict[str, Any]] = {
         "metrics": {k: _diff(met_a.get(k), met_b.get(k)) for k in sorted({*met_a, *met_b})},
         "params": {k: _diff(par_a.get(k), par_b.get(k)) for k in sorted({*par_a, *par_b})},
     }
-    facts = {
-        "task": ("task",),
-        "family": ("model", "family"),
-        "scoring": ("model", "scoring"),
-        "cv_mean": ("model", "cv_mean"),
-        "data_sha256": ("data", "sha256"),
-        "data_rows": ("data", "rows_used"),
-        "recipe_sha256": ("recipe_sha256",),
-        "features": ("features",),
-    }
-    general: dict[str, Any] = {}
-    for key, keys in facts.items():
-        va: Any = ma
-        vb: Any = mb
-        for k in keys:
-            va = va.get(k) if isinstance(va, dict) else None
-            vb = vb.get(k) if isinstance(vb, dict) else None
-        if key == "features":
-            va = [f.get("name") for f in va or []]
-            vb = [f.get("name") for f in vb or []]
-        general[key] = _diff(va, vb)
-    sections["general"] = general
+
+    def facts(r: ModelJson) -> dict[str, Any]:
+        return {
+            "task": r.task,
+            "family": r.model.family,
+            "scoring": r.model.scoring,
+            "cv_mean": r.model.cv_mean,
+            "data_sha256": r.data.sha256,
+            "data_rows": r.data.rows_used,
+            "recipe_sha256": r.recipe_sha256,
+            "features": [f.name for f in r.features],
+        }
+
+    fa, fb = facts(ra), facts(rb)
+    sections["general"] = {k: _diff(fa[k], fb[k]) for k in fa}
     differences = [f"{sec}.{k}" for sec in ("general", "params", "metrics")
                    for k, v in sections[sec].items() if not v["same"]]
     return {"a": a.ref, "b": b.ref, **sections, "differences": differences}

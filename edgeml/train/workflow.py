@@ -22,7 +22,6 @@ labels are all strings, in ``classes_`` (sorted) order.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import math
 import platform
 import time
@@ -37,7 +36,9 @@ import pandas as pd
 from rich.console import Console
 
 from edgeml import __version__
+from edgeml._files import atomic_write
 from edgeml.errors import DataError, GateError, RecipeError
+from edgeml.train.model_json import dump_model_json, primary_metric
 from edgeml.train.pipeline import validate_features
 from edgeml.train.recipe import Recipe, load_recipe
 from edgeml.train.registry import Entry, Registry
@@ -135,9 +136,21 @@ def _load(recipe: Recipe, data: Path | None) -> tuple[Any, pd.Series | None]:
     dropped_time = bool(tcol and tcol in spec.drop)
     if dropped_time:  # keep it for ordering, but not as a feature
         spec = spec.model_copy(update={"drop": tuple(c for c in spec.drop if c != tcol)})
-    ds = load_dataset(spec, recipe.base_dir, task=recipe.task, override=data)
+    ds = load_dataset(spec, recipe.base_dir, task=recipe.task, override=data,
+                      datetime=recipe.features.datetime)
     order = None
-    if tcol:
+    if tcol and ds.raw is not None and tcol in ds.raw.columns:  # a datetime column: its instants
+        from edgeml.train.datetimes import epoch_seconds
+
+        timed = next(d for d in ds.derived if d.source == tcol)
+        order = epoch_seconds(ds.raw[tcol].tolist(), timed.timezone)
+        if dropped_time:
+            kinds = {k: v for k, v in ds.kinds.items() if k not in set(timed.names)}
+            ds = type(ds)(ds.frame.drop(columns=timed.names), ds.target, kinds, ds.source,
+                          ds.sha256, ds.rows, ds.dropped_missing_target,
+                          tuple(d for d in ds.derived if d.source != tcol),
+                          ds.raw.drop(columns=[tcol]))
+    elif tcol:
         if tcol not in ds.frame.columns:
             raise DataError(f"{ds.source}: split.time_column {tcol!r} is not a column of the data")
         order = ds.frame[tcol]
@@ -159,8 +172,9 @@ def train(recipe: Recipe | Path | str, *, data: Path | None = None, registry: Pa
           console: Console | None = None) -> TrainResult:
     """Train ``recipe`` and register the winner in ``registry``; see the module docstring."""
     from edgeml.train.data import feature_schema
+    from edgeml.train.datetimes import derived_to_meta
     from edgeml.train.evaluate import evaluate
-    from edgeml.train.profile import reference_profile
+    from edgeml.train.reference import reference_profile
     from edgeml.train.report import write_report
 
     if not isinstance(recipe, Recipe):
@@ -206,8 +220,9 @@ def train(recipe: Recipe | Path | str, *, data: Path | None = None, registry: Pa
                         f"{g['threshold']:g})" for g in failed)
         )
 
-    profile = reference_profile(split.X_train, kinds, task=task,
-                                predictions=pipeline.predict(split.X_train))
+    profile = reference_profile(split.X_train, kinds, task=task, predictions=pred_hold,
+                                proba=kwargs.get("proba"), scores=kwargs.get("scores"),
+                                y_true=split.y_holdout)
     fam = FAMILIES[found.best_family]
     meta: dict[str, Any] = {
         "schema_version": 1,
@@ -230,9 +245,12 @@ def train(recipe: Recipe | Path | str, *, data: Path | None = None, registry: Pa
             "converter": fam.converter,
         },
         "leaderboard": found.leaderboard,
-        "metrics": {"holdout": metrics},
+        "metrics": {"holdout": metrics,
+                    "primary": primary_metric(task, metrics, found.scoring,
+                                              [g.metric for g in recipe.gates])},
         "gates": gates,
         "features": feature_schema(split.X_train, kinds),
+        **({"derived": derived_to_meta(ds.derived)} if ds.derived else {}),
         "target": {"name": ds.target, "classes": classes},
         "reference_profile": profile,
         "files": {"pipeline": "pipeline.joblib", "holdout": "holdout.parquet",
@@ -240,6 +258,8 @@ def train(recipe: Recipe | Path | str, *, data: Path | None = None, registry: Pa
     }
     meta = _jsonable(meta)
     holdout = split.X_holdout.copy()
+    for d in ds.derived:  # the raw timestamps: the packager feeds them to the device path
+        holdout[d.source] = ds.raw.loc[holdout.index, d.source]
     if ds.target and split.y_holdout is not None:
         holdout[ds.target] = split.y_holdout
     holdout = holdout.reset_index(drop=True)
@@ -248,6 +268,7 @@ def train(recipe: Recipe | Path | str, *, data: Path | None = None, registry: Pa
         import joblib
 
         meta["version"] = version
+        blob = dump_model_json(meta, folder / "model.json")  # validated before any work
         joblib.dump(pipeline, folder / "pipeline.joblib")
         holdout.to_parquet(folder / "holdout.parquet", index=False)
         with warnings.catch_warnings(record=True) as caught:
@@ -259,8 +280,7 @@ def train(recipe: Recipe | Path | str, *, data: Path | None = None, registry: Pa
                          classes=classes, seed=seed)
         if caught:
             notes["report"] = _summarize(caught)
-        blob = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False)
-        (folder / "model.json").write_text(blob + "\n")
+        atomic_write(folder / "model.json", blob)
 
     entry = Registry(registry).register(recipe.name, write)
     console.print(f"registered {entry.ref} in {time.perf_counter() - t0:.1f} s",
