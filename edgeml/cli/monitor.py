@@ -33,6 +33,9 @@ from edgeml.cli.base import cli
                    "non-loopback --http-host; or $EDGEML_DASHBOARD_TOKEN).")
 @click.option("--token-file", default=None, type=click.Path(dir_okay=False),
               help="Read the --dashboard token from the first line of this file.")
+@click.option("--workers", default=1, show_default=True, type=int, metavar="N",
+              help="Monitor processes in the group on this machine (client ids <id>-w<i>, "
+                   "--http ports PORT+i): the way past one core's ingest rate.")
 @click.option("--batch-size", default=1000, show_default=True, type=int,
               help="Messages per transaction at most.")
 @click.option("--batch-seconds", default=0.1, show_default=True, type=float,
@@ -57,7 +60,7 @@ from edgeml.cli.base import cli
 def monitor_command(broker: str, db: str | None, group: str, base_topic: str,
                     client_id: str | None, http_port: int | None, http_host: str,
                     dashboard: bool, token: str | None, token_file: str | None,
-                    batch_size: int, batch_seconds: float, session_expiry: int,
+                    workers: int, batch_size: int, batch_seconds: float, session_expiry: int,
                     retain_days: float | None, evaluate_every: float | None,
                     thresholds: str | None, username: str | None, password: str | None,
                     tls_ca: str | None, log_level: str) -> None:
@@ -74,7 +77,7 @@ def monitor_command(broker: str, db: str | None, group: str, base_topic: str,
     run_monitor(MonitorSettings(
         broker=broker, db=db, group=group, base_topic=base_topic, client_id=client_id,
         http_port=http_port, http_host=http_host, dashboard=dashboard, token=token,
-        token_file=token_file, batch_size=batch_size,
+        token_file=token_file, workers=workers, batch_size=batch_size,
         batch_seconds=batch_seconds, session_expiry=session_expiry, retain_days=retain_days,
         evaluate_every=evaluate_every, thresholds=thresholds, username=username,
         password=password, tls_ca=tls_ca,

@@ -143,8 +143,8 @@ def _fast_parts(payload: dict[str, Any], names: list[str] | None,
         if type(conf) is not dict or type(by_class) is not list:
             return None
         n, mean, counts = conf.get("count"), conf.get("mean"), conf.get("counts")
-        if (type(n) is not int or type(mean) not in (float, int) or type(counts) is not list
-                or not counts or not math.isfinite(mean)):
+        if (type(n) is not int or not isinstance(mean, (float, int)) or type(mean) is bool
+                or type(counts) is not list or not counts or not math.isfinite(mean)):
             return None
         parts.append(pred.get("count"))
         parts += by_class

@@ -27,8 +27,10 @@ import socket
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -88,6 +90,7 @@ class MonitorSettings:
     tls_ca: str | None = None
     tls_insecure: bool = False
     keepalive: int = 30
+    workers: int = 1  # monitor processes in the group on this machine (edgeml.fleet.workers)
 
     def validate(self) -> None:
         topics.validate_base(self.base_topic)
@@ -102,6 +105,8 @@ class MonitorSettings:
             raise UsageError(f"--evaluate-every {self.evaluate_every} must be > 0 seconds")
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
             raise UsageError(f"--http {self.http_port} is not a port")
+        if not 1 <= self.workers <= 64:
+            raise UsageError(f"--workers {self.workers} must be between 1 and 64")
         if self.dashboard and self.http_port is None:
             raise UsageError("--dashboard serves on the --http port: give --http PORT")
         if (self.token is not None or self.token_file is not None) and not self.dashboard:
@@ -322,10 +327,10 @@ class Monitor:
                 continue
         return batch
 
-    def _classify(self, msg: _Msg) -> Item:
+    def _classify(self, msg: _Msg, now: datetime | None = None) -> Item:
         try:
             result = classify(self.settings.base_topic, msg.topic, msg.payload, msg.session,
-                              max_payload=self.settings.max_payload)
+                              max_payload=self.settings.max_payload, now=now)
         except Exception as exc:  # a bug must not stop ingest: keep the message
             log.exception("cannot classify a message on %s", msg.topic)
             result = Rejected("wrong-type", f"internal error: {type(exc).__name__}: {exc}")
@@ -339,10 +344,12 @@ class Monitor:
                 if self._stopping.is_set():
                     return
                 continue
-            items = [self._classify(m) for m in batch]
-            for item in items:
-                kind = item.topic.rsplit("/", 1)[-1]
-                self.metrics.received.inc({"leaf": kind if kind in topics.LEAVES else "other"})
+            now = datetime.now(timezone.utc)  # received_at of the whole batch
+            items = [self._classify(m, now) for m in batch]
+            leaves = Counter(item.topic.rpartition("/")[2] for item in items)
+            for kind, n in leaves.items():
+                self.metrics.received.inc({"leaf": kind if kind in topics.LEAVES else "other"},
+                                          amount=n)
             while True:
                 try:
                     result = self.writer.write(items)
@@ -408,4 +415,9 @@ class Monitor:
 
 def run_monitor(settings: MonitorSettings) -> None:
     """The ``edgeml monitor`` command: build and run a monitor (a typed API for the CLI)."""
+    if settings.workers > 1:
+        from edgeml.fleet.workers import run_workers
+
+        run_workers(settings)
+        return
     Monitor(settings).run()
