@@ -26,7 +26,7 @@ import paho.mqtt.client as mqtt
 
 from edgeml.runtime.mqtt_client import (
     BrokerSettings,
-    connect_properties,
+    connect_persistent,
     make_client,
     probe_protocol,
 )
@@ -37,7 +37,6 @@ __all__ = ["DeployLink"]
 
 log = logging.getLogger(__name__)
 
-SESSION_EXPIRY_S = 3600
 OUTBOX_WINDOW = 10
 
 
@@ -74,12 +73,8 @@ class DeployLink:
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.reconnect_delay_set(1, self.reconnect_max_delay)
-        kwargs: dict[str, Any] = {}
-        if protocol == mqtt.MQTTv5:
-            kwargs = {"clean_start": False,
-                      "properties": connect_properties(protocol, SESSION_EXPIRY_S)}
         client.max_inflight_messages_set(64)
-        client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive, **kwargs)
+        connect_persistent(client, self.broker, protocol)
         self._client = client
         client.loop_start()
 

@@ -31,13 +31,16 @@ from edgeml.runtime.settings import MQTT_VERSIONS, BrokerSettings
 
 __all__ = [
     "MQTT_VERSIONS",
+    "SESSION_EXPIRY_S",
     "BrokerSettings",
+    "connect_persistent",
     "connect_properties",
     "make_client",
     "probe_protocol",
     "protocol_name",
 ]
 
+SESSION_EXPIRY_S = 3600  # the broker keeps a dropped device's session (and its QoS 1 queue) this long
 _PROTOCOLS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
 _UNSUPPORTED_PROTOCOL = (1, 0x84)  # 3.1.1 CONNACK 0x01 / v5 reason code 0x84
 
@@ -86,6 +89,18 @@ def connect_properties(protocol: MQTTProtocolVersion, session_expiry: int) -> Pr
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = session_expiry
     return props
+
+
+def connect_persistent(
+    client: mqtt.Client, settings: BrokerSettings, protocol: MQTTProtocolVersion,
+    session_expiry: int = SESSION_EXPIRY_S,
+) -> None:
+    """``connect_async`` asking for a persistent session: v5 ``clean_start=False`` with a
+    session expiry (3.1.1 clients got ``clean_session=False`` in :func:`make_client`)."""
+    kwargs: dict[str, Any] = {}
+    if protocol == mqtt.MQTTv5:
+        kwargs = {"clean_start": False, "properties": connect_properties(protocol, session_expiry)}
+    client.connect_async(settings.host, settings.port, settings.keepalive, **kwargs)
 
 
 def probe_protocol(

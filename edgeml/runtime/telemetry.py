@@ -38,7 +38,7 @@ from edgeml.runtime import payloads
 from edgeml.runtime.commands import CommandHandler
 from edgeml.runtime.mqtt_client import (
     BrokerSettings,
-    connect_properties,
+    connect_persistent,
     make_client,
     probe_protocol,
     protocol_name,
@@ -53,7 +53,6 @@ __all__ = ["DeviceAgent"]
 
 log = logging.getLogger(__name__)
 
-SESSION_EXPIRY_S = 3600
 INFLIGHT_WINDOW = 10
 _TICK_S = 1.0  # idle wake-up period (samples, sampler refresh); events wake it at once
 
@@ -244,11 +243,7 @@ class DeviceAgent:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.reconnect_delay_set(1, self.reconnect_max_delay)
-        kwargs: dict[str, Any] = {}
-        if protocol == mqtt.MQTTv5:
-            kwargs = {"clean_start": False,
-                      "properties": connect_properties(protocol, SESSION_EXPIRY_S)}
-        client.connect_async(self.broker.host, self.broker.port, self.broker.keepalive, **kwargs)
+        connect_persistent(client, self.broker, protocol)
         self._client = client
         self._inflight.clear()
         self._sent_upto = 0
