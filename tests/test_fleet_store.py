@@ -87,7 +87,7 @@ def test_parallel_upgrades_do_not_race(kind: str, tmp_path: Path) -> None:
         assert [p.returncode for p in procs] == [0, 0, 0], results
         outs = [json.loads(out) for out, _ in results]
         assert {o["to"] for o in outs} == {head_revision()}
-        assert sorted(str(o["from"]) for o in outs) == ["0001", "0001", "None"]
+        assert sorted(str(o["from"]) for o in outs) == [head_revision(), head_revision(), "None"]
 
 
 def test_unmigrated_store_says_which_command_fixes_it(tmp_path: Path) -> None:

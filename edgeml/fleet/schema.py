@@ -16,12 +16,18 @@ without looking anything up. The tables::
     feedback         edgeml.feedback/1, unique id (the label joined with its sample)
     alerts           open/resolved alerts (kind, device, model, feature, value, threshold)
     quarantine       messages that could not be stored: topic, reason, the (truncated) bytes
+    bundles          bundles offered for deploys: sha256, identity, manifest, the whole file
+    deployments      one rollout of a bundle to a fleet: stages, gates, state, the stage under way
+    deployment_devices  one row per (deployment, device): its stage, state, progress, reason
+    deploy_events    every deploy report a device sent (idempotent on its seq)
+    retrain_runs     retrainings (manual or triggered by an alert): state, outcome, lineage;
+                     at most one running per model (a partial unique index)
 
 Indexes serve "one device over time" (``fleet, device, window_end``) and "the whole fleet
 now" (``window_end``, ``received_at``), plus per model version for drift.
 
 Changing a table here needs a migration in ``edgeml/fleet/migrations/versions``: while
-nothing has shipped there is one initial migration, edited in place.
+nothing has shipped the migrations are 0001 (telemetry) and 0002 (deploys, retraining).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     Index,
@@ -42,6 +49,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -50,6 +58,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "Alert",
     "Base",
+    "BundleBlob",
+    "DeployEvent",
+    "Deployment",
+    "DeploymentDevice",
     "Device",
     "DeviceSession",
     "Feedback",
@@ -57,6 +69,7 @@ __all__ = [
     "MetricsWindow",
     "Model",
     "Quarantine",
+    "RetrainRun",
     "Sample",
     "WindowSeqs",
 ]
@@ -297,3 +310,130 @@ class Quarantine(Base):
     text: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_quarantine_time", "received_at"),)
+
+
+# -- over-the-air deploys (edgeml.fleet.deploy) -----------------------------------------------
+
+
+class BundleBlob(Base):
+    """A bundle offered for deploys, whole: any monitor of the group answers chunk requests."""
+
+    __tablename__ = "bundles"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    target: Mapped[str | None] = mapped_column(String(64))
+    arch: Mapped[str | None] = mapped_column(String(32))
+    size: Mapped[int] = mapped_column(BigInteger)
+    manifest: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(When)
+
+
+class Deployment(Base):
+    """One rollout. ``state``: running, halted, completed, rolled_back, cancelled.
+    ``revision`` grows on every change (compare-and-set: several monitors never conflict)."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fleet: Mapped[str] = mapped_column(Name)
+    bundle_sha256: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    stages: Mapped[list[float]] = mapped_column(Json)  # cumulative fractions: [0.1, 0.5, 1.0]
+    stage: Mapped[int] = mapped_column(Integer, default=0)  # index of the stage under way
+    stage_started_at: Mapped[datetime | None] = mapped_column(When)
+    soak_until: Mapped[datetime | None] = mapped_column(When)  # the stage's gates judged then
+    soak_s: Mapped[float] = mapped_column(Float)
+    chunk_size: Mapped[int] = mapped_column(Integer)
+    allow_downgrade: Mapped[bool] = mapped_column(Boolean, default=False)
+    gates: Mapped[dict[str, Any]] = mapped_column(Json)
+    reason: Mapped[str | None] = mapped_column(Text)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(When)
+    updated_at: Mapped[datetime] = mapped_column(When)
+    details: Mapped[dict[str, Any] | None] = mapped_column(Json)  # e.g. the retraining it ships
+
+    __table_args__ = (Index("ix_deployments_state", "state", "fleet"),)
+
+
+class DeploymentDevice(Base):
+    """A device's part in a deployment. ``state``: pending, sent, downloading, verified,
+    switched, committed, rolled_back, failed, skipped."""
+
+    __tablename__ = "deployment_devices"
+
+    deployment_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    fleet: Mapped[str] = mapped_column(Name)
+    device: Mapped[str] = mapped_column(Name, primary_key=True)
+    stage: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    have: Mapped[int | None] = mapped_column(Integer)
+    count: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    from_version: Mapped[int | None] = mapped_column(Integer)
+    serving_version: Mapped[int | None] = mapped_column(Integer)
+    sends: Mapped[int] = mapped_column(Integer, default=0)
+    sent_at: Mapped[datetime | None] = mapped_column(When)
+    committed_at: Mapped[datetime | None] = mapped_column(When)
+    updated_at: Mapped[datetime] = mapped_column(When)
+
+    __table_args__ = (Index("ix_deployment_devices_device", "fleet", "device"),)
+
+
+class DeployEvent(Base):
+    """One ``edgeml.deploy-report/1`` as received (``status`` reports have no seq)."""
+
+    __tablename__ = "deploy_events"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    deployment_id: Mapped[str | None] = mapped_column(String(128))
+    fleet: Mapped[str] = mapped_column(Name)
+    device: Mapped[str] = mapped_column(Name)
+    seq: Mapped[int | None] = mapped_column(BigInteger)
+    event: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime | None] = mapped_column(When)
+    received_at: Mapped[datetime] = mapped_column(When)
+    payload: Mapped[dict[str, Any]] = mapped_column(JsonDoc)
+
+    __table_args__ = (
+        UniqueConstraint("fleet", "device", "deployment_id", "seq", name="uq_deploy_events_key"),
+        Index("ix_deploy_events_deployment", "deployment_id", "received_at"),
+    )
+
+
+# -- the retraining loop (edgeml.train.retrain, edgeml.fleet.retrain_trigger) -----------------
+
+
+class RetrainRun(Base):
+    """A retraining. ``state``: running, registered (a challenger), rejected (not better),
+    failed, promoted (its rollout completed), halted (its rollout was halted)."""
+
+    __tablename__ = "retrain_runs"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    recipe: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    trigger: Mapped[str] = mapped_column(String(32))  # "manual" or the alert kind
+    alert_id: Mapped[int | None] = mapped_column(Id)
+    host: Mapped[str | None] = mapped_column(String(128))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(When)
+    finished_at: Mapped[datetime | None] = mapped_column(When)
+    version: Mapped[int | None] = mapped_column(Integer)  # the registered challenger's
+    deployment_id: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[dict[str, Any] | None] = mapped_column(Json)  # comparison, lineage
+
+    __table_args__ = (
+        Index("ix_retrain_runs_model", "model_name", "started_at"),
+        Index("uq_retrain_runs_one_running", "model_name", unique=True,
+              postgresql_where=text("state = 'running'"),
+              sqlite_where=text("state = 'running'")),
+    )
