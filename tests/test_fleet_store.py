@@ -66,6 +66,27 @@ def test_migrations_create_exactly_the_models(store: Store) -> None:
     assert upgrade(store.url) == (head_revision(), head_revision())  # a no-op the second time
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_upgrade_from_the_first_release_keeps_its_rows(kind: str, tmp_path: Path) -> None:
+    """A store made by revision 0001 (telemetry only) upgrades to the head with its rows."""
+    with store_url(kind, tmp_path) as url:
+        assert upgrade(url, "0001") == (None, "0001")
+        now = datetime.now(timezone.utc)
+        old = open_store(url, check=False)
+        with old.engine.begin() as conn:
+            conn.execute(Device.__table__.insert().values(
+                fleet="f", device="d1", first_seen=now, last_seen=now))
+        old.dispose()
+        assert upgrade(url) == ("0001", head_revision())
+        store = open_store(url)
+        try:
+            with store.engine.connect() as conn:
+                assert conn.execute(select(Device.device)).scalars().all() == ["d1"]
+                assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        finally:
+            store.dispose()
+
+
 def test_sqlite_connections_get_wal_busy_timeout_and_foreign_keys(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'f.db'}"
     upgrade(url)
