@@ -200,3 +200,88 @@ def direct_fleet(store: Store, bundle: Path, *, devices: int = 1000, windows: in
         evaluate(s, datetime.fromtimestamp(end, timezone.utc), EvaluationConfig())
     return {"devices": names, "drifted": [names[i] for i in sorted(drift_at)],
             "lost": [names[i] for i in sorted(lost_at)]}
+
+
+def add_rollouts(store: Store, *, fleet: str = "plant", now: datetime | None = None) -> dict[str, Any]:
+    """Four deployments written straight into the deploy tables, as the controller would:
+
+    - ``r-running`` (created 1 h ago): stages 10/50/100 %, under way at stage 2 of 3; ten
+      devices ``dev-0000``..``dev-0009``: committed 2, switched 1, downloading 1 (3/8 chunks),
+      sent 1, pending 5; 230 reports (the page shows the newest 200).
+    - ``r-new`` cancelled 10 min ago (the newest); ``r-halted`` (2 h ago): its canary, the
+      hostile device :data:`XSS`, failed the gate and rolled back; the reasons are
+      :data:`XSS`; ``r-done`` completed 3 h ago on 4 devices.
+    """
+    from datetime import timedelta
+
+    from sqlalchemy import insert
+
+    from edgeml.fleet.schema import BundleBlob, DeployEvent, Deployment, DeploymentDevice
+
+    now = now or datetime.now(timezone.utc)
+    sha = "ab" * 32
+    gates = {"max_error_rate": 0.05, "max_p95_ratio": 3.0, "max_psi": 0.2}
+
+    def dep(id_: str, state: str, ago_s: float, stages: list[float], stage: int,
+            reason: str | None = None) -> dict[str, Any]:
+        t = now - timedelta(seconds=ago_s)
+        return {"id": id_, "fleet": fleet, "bundle_sha256": sha, "model_name": "toy-fleet",
+                "model_version": 2, "state": state, "stages": stages, "stage": stage,
+                "stage_started_at": t, "soak_until": t + timedelta(seconds=60), "soak_s": 60.0,
+                "chunk_size": 65536, "allow_downgrade": False, "gates": gates, "reason": reason,
+                "revision": 3, "created_at": t, "updated_at": t + timedelta(seconds=30)}
+
+    def dev(deployment: str, device: str, stage: int, state: str, *, have: int | None = None,
+            count: int | None = None, reason: str | None = None,
+            serving: int | None = None) -> dict[str, Any]:
+        return {"deployment_id": deployment, "fleet": fleet, "device": device, "stage": stage,
+                "state": state, "have": have, "count": count, "reason": reason,
+                "from_version": 1, "serving_version": serving, "sends": 1,
+                "sent_at": now - timedelta(seconds=600), "committed_at": None,
+                "updated_at": now - timedelta(seconds=60)}
+
+    names = [f"dev-{i:04d}" for i in range(10)]
+    running = [dev("r-running", names[0], 0, "committed", serving=2),
+               dev("r-running", names[1], 1, "committed", serving=2),
+               dev("r-running", names[2], 1, "switched", serving=2),
+               dev("r-running", names[3], 1, "downloading", have=3, count=8, serving=1),
+               dev("r-running", names[4], 1, "sent", serving=1),
+               *(dev("r-running", n, 2, "pending", serving=1) for n in names[5:])]
+    halted = [dev("r-halted", XSS, 0, "rolled_back", reason=XSS, serving=1),
+              *(dev("r-halted", n, 1, "pending", serving=1) for n in names[1:4])]
+    done = [dev("r-done", n, i // 2, "committed", serving=2) for i, n in enumerate(names[:4])]
+    events: list[dict[str, Any]] = []
+
+    def event(deployment: str, device: str, seq: int, ev: str, state: str, ago_s: float, *,
+              reason: str | None = None, have: int | None = None, count: int | None = None,
+              serving: int = 1) -> None:
+        t = now - timedelta(seconds=ago_s)
+        payload = {"schema": "edgeml.deploy-report/1", "id": deployment, "device": device,
+                   "fleet": fleet, "seq": seq, "event": ev, "state": state, "reason": reason,
+                   "serving": {"name": "toy-fleet", "version": serving, "slot": "a"},
+                   "progress": {"have": have, "count": count} if count else None}
+        events.append({"deployment_id": deployment, "fleet": fleet, "device": device, "seq": seq,
+                       "event": ev, "state": state, "reason": reason, "at": t,
+                       "received_at": t, "payload": payload})
+
+    for i in range(230):  # dev-0003 resumes again and again: the timeline keeps its newest 200
+        event("r-running", names[3], i + 1, "resumed", "downloading", 3000 - 10 * i, have=i % 8,
+              count=8)
+    event("r-running", names[0], 1, "committed", "idle", 2500, serving=2)
+    event("r-running", names[2], 1, "switched", "trial", 30, serving=2)
+    event("r-halted", XSS, 1, "rolled_back", "idle", 7000, reason=XSS)
+    event("r-done", names[0], 1, "committed", "idle", 10000, serving=2)
+    with store.session() as s:
+        s.execute(insert(BundleBlob.__table__).values(
+            sha256=sha, name="toy-fleet", version=2, target="x86_64", arch="x86_64", size=12345,
+            manifest={}, data=b"bundle", created_at=now - timedelta(hours=4)))
+        s.execute(insert(Deployment.__table__), [
+            dep("r-running", "running", 3600, [0.1, 0.5, 1.0], 1),
+            dep("r-new", "cancelled", 600, [1.0], 0, reason="cancelled by the operator"),
+            dep("r-halted", "halted", 7200, [0.1, 0.5, 1.0], 0, reason=XSS),
+            dep("r-done", "completed", 10800, [0.5, 1.0], 1)])
+        s.execute(insert(DeploymentDevice.__table__), [*running, *halted, *done])
+        s.execute(insert(DeployEvent.__table__), events)
+    return {"order": ["r-running", "r-new", "r-halted", "r-done"], "devices": names,
+            "running_counts": {"committed": 2, "switched": 1, "downloading": 1, "sent": 1,
+                               "pending": 5}}

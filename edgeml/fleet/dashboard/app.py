@@ -1,6 +1,7 @@
 """The dashboard's Starlette app: each page and its JSON twin from one data function.
 
-``GET /`` (fleet), ``/device``, ``/models``, ``/model``, ``/alerts``, ``/window`` render a
+``GET /`` (fleet), ``/device``, ``/models``, ``/model``, ``/alerts``, ``/window``,
+``/rollouts`` and ``/rollouts/{id}`` render a
 Jinja2 template (autoescape on) from the same function that ``/api/<page>`` returns as
 JSON (announced by a ``Link: rel="alternate"`` header, as datasette does). Charts and live
 updates are static scripts that fetch the JSON API: no inline script, data reaches a
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import jinja2
 from starlette.applications import Starlette
@@ -48,7 +49,7 @@ HERE = Path(__file__).parent
 UPLOT = "1.6.32"
 POLL_MS = 5000
 SERVER_ROWS = 100  # fleet rows rendered in the HTML; the page's script renders every row
-# the navigation bar; rollouts arrive with the deploy issue (the page says so)
+# the navigation bar
 NAV = [("fleet", "/", "Fleet"), ("models", "/models", "Models"), ("alerts", "/alerts", "Alerts"),
        ("rollouts", "/rollouts", "Rollouts")]
 
@@ -94,6 +95,7 @@ class Page:
     data: Callable[[Store, Request], dict[str, Any]]
     api: str = ""
     params: tuple[str, ...] = field(default_factory=tuple)
+    nav: str = ""  # the navigation entry it highlights (default: its name)
 
 
 class Snapshot:
@@ -133,6 +135,12 @@ PAGES = [
     Page("window", "/window", "window.html",
          lambda s, r: queries.window_data(s, _arg(r, "id", kind=int, required=True)),
          "/api/window", ("id",)),
+    Page("rollouts", "/rollouts", "rollouts.html", lambda s, r: queries.rollouts_data(s),
+         "/api/rollouts"),
+    # a path parameter: the JSON twin's URL is built from the request's (see Dashboard.html)
+    Page("rollout", "/rollouts/{id}", "rollout.html",
+         lambda s, r: queries.rollout_data(s, r.path_params["id"]), "/api/rollouts/{id}",
+         nav="rollouts"),
 ]
 
 
@@ -172,7 +180,10 @@ def _environment() -> jinja2.Environment:
         ratio = float(value) / float(alert_at)
         return "h" + str(sum(ratio >= x for x in (0.25, 0.5, 0.75, 1.0, 2.0)))
 
-    env.globals.update(link=link, NAV=NAV, UPLOT=UPLOT, POLL_MS=POLL_MS,
+    def rollout_link(deployment_id: str) -> str:
+        return "/rollouts/" + quote(str(deployment_id), safe="")
+
+    env.globals.update(link=link, rollout_link=rollout_link, NAV=NAV, UPLOT=UPLOT, POLL_MS=POLL_MS,
                        SERVER_ROWS=SERVER_ROWS, version=__version__)
     env.filters.update(num=num, pct=pct, heat=heat)
     return env
@@ -195,10 +206,13 @@ class Dashboard:
             try:
                 data = page.data(self.store, request)
             except EdgeMLError as exc:
-                return self.html_error(*_status(exc), active=page.name)
-            api = page.api + ("?" + request.url.query if request.url.query else "")
+                return self.html_error(*_status(exc), active=page.nav or page.name)
+            api = page.api.format(**{k: quote(str(v), safe="") for k, v in
+                                     request.path_params.items()})
+            api += "?" + request.url.query if request.url.query else ""
             body = self.env.get_template(page.template).render(
-                data=data, active=page.name, api=api, request_query=dict(request.query_params))
+                data=data, active=page.nav or page.name, api=api,
+                request_query=dict(request.query_params))
             return HTMLResponse(body, headers={"link": f'<{api}>; rel="alternate"; '
                                                        'type="application/json"'})
         return endpoint
@@ -212,9 +226,6 @@ class Dashboard:
                 return Response(error_body(status, message), status_code=status,
                                 media_type="application/json")
         return endpoint
-
-    def rollouts(self, request: Request) -> Response:
-        return HTMLResponse(self.env.get_template("rollouts.html").render(active="rollouts"))
 
     def routes(self) -> list[BaseRoute]:
         def series(s: Store, r: Request) -> dict[str, Any]:
@@ -237,7 +248,6 @@ class Dashboard:
             Route("/api/device/series", self.json(series), methods=["GET"]),
             Route("/api/device/histogram", self.json(histogram), methods=["GET"]),
             Route("/api/openapi.json", self.json(lambda s, r: doc), methods=["GET"]),
-            Route("/rollouts", self.rollouts, methods=["GET"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ]
         return routes

@@ -1,7 +1,8 @@
 """The data of the device page: its summary, time series, drift over time and histograms.
 
 - :func:`device_data`: the row of ``edgeml fleet device`` (:func:`edgeml.fleet.views.device_detail`)
-  plus its features, model history, reconnects, spool drops and last samples.
+  plus its features, model history, reconnects, spool drops, last samples and last deploy
+  reports (:func:`~edgeml.fleet.dashboard.queries.device_deploys`).
 - :func:`device_series`: one column per metric over the device's last windows (uPlot's
   data layout: ``t`` in epoch seconds, then one array per series), and per feature the
   drift of each window against the reference (PSI; JS distance for categorical inputs).
@@ -22,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from edgeml.errors import NotFoundError
 from edgeml.fleet import stattests
-from edgeml.fleet.dashboard.queries import device_exists
+from edgeml.fleet.dashboard.queries import device_deploys, device_exists
 from edgeml.fleet.db import Store
 from edgeml.fleet.evaluate import References
 from edgeml.fleet.layout import Reference, Segment, pack_window
@@ -110,6 +111,7 @@ def device_data(store: Store, fleet: str, device: str) -> dict[str, Any]:
         detail["reconnects"] = _reconnects(session, fleet, device)
         detail["spool_drops"] = _spool_drops(session, fleet, device)
         detail["samples"] = _samples(session, fleet, device)
+        detail["deploys"] = device_deploys(session, fleet, device)
     detail["restarts"] = max(len(detail["sessions"]) - 1, 0)
     return detail
 

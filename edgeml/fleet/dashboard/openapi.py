@@ -16,6 +16,11 @@ def _q(name: str, description: str, *, required: bool = False, kind: str = "stri
             "schema": {"type": kind}}
 
 
+def _path(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": {"type": "string"}}
+
+
 FLEET = _q("fleet", "The device's fleet (a topic level).", required=True)
 DEVICE = _q("device", "The device id.", required=True)
 
@@ -42,7 +47,8 @@ PATHS: dict[str, Any] = {
         "the filters (fleets, states, models). The fleet page's data.", schema="Fleet"),
     "/api/device": _get(
         "One device", "Its row of /api/fleet, sessions (with lost windows), last windows, "
-        "open alerts, features, model history, reconnects, spool drops and last samples.",
+        "open alerts, features, model history, reconnects, spool drops, last samples and "
+        "deploys (its last 20 deploy reports, each with its rollout and model).",
         [FLEET, DEVICE]),
     "/api/device/series": _get(
         "One device's time series",
@@ -67,6 +73,21 @@ PATHS: dict[str, Any] = {
     "/api/window": _get("One stored metrics window", "Its columns and the device's payload.",
                         [_q("id", "Window id (alerts' window_id).", required=True,
                             kind="integer")]),
+    "/api/rollouts": _get(
+        "Every rollout",
+        "Running first, then newest: id, model@version, fleet, state (running, halted, "
+        "completed, rolled_back, cancelled), stage_number of stage_count with the stages' "
+        "cumulative fractions (devices and committed per stage), devices per state (pending, "
+        "sent, downloading, verified, switched, committed, rolled_back, failed, skipped), "
+        "gates, soak, the reason when halted, created_at and updated_at; counts per state.",
+        schema="Rollouts"),
+    "/api/rollouts/{id}": _get(
+        "One rollout",
+        "Its row of /api/rollouts, its bundle (sha256, size, target, arch), device_rows (per "
+        "device: stage, state, progress have/count, from_version -> serving_version, reason, "
+        "last_report, updated_at) and events: its newest 200 deploy reports, newest first. "
+        "404 for an unknown id.",
+        [_path("id", "The deployment id (`edgeml deploy status` lists them).")]),
     "/api/openapi.json": _get("This document", "The OpenAPI description of the API."),
 }
 
@@ -91,6 +112,11 @@ def openapi(version: str) -> dict[str, Any]:
                     "states": {"type": "array", "items": {"type": "string"}},
                     "models": {"type": "array", "items": {"type": "string"}},
                     "devices": {"type": "array", "items": {"type": "object"}}}},
+                "Rollouts": {"type": "object", "required": ["rollouts"], "properties": {
+                    "generated_at": {"type": "string", "format": "date-time"},
+                    "states": {"type": "array", "items": {"type": "string"}},
+                    "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+                    "rollouts": {"type": "array", "items": {"type": "object"}}}},
                 "Error": {"type": "object", "required": ["error"], "properties": {
                     "error": {"type": "object", "required": ["status", "message"],
                               "properties": {"status": {"type": "integer"},
