@@ -171,3 +171,30 @@ def test_the_monitor_runs_the_evaluator_and_publishes_alerts(predictor: Predicto
     drifted = {b["device"] for b in bodies if b["kind"] == "drift" and b["device"]}
     assert len(drifted) == 1 and {"pressure"} <= {b["feature"] for b in bodies}
     assert "edgeml_fleet_alerts_open" in text and "edgeml_fleet_device_drift_worst" in text
+
+
+def test_alerts_of_a_version_the_device_no_longer_serves_are_resolved(
+        predictor: Predictor, tmp_path: Path) -> None:
+    """After a deploy (or a rollback) an alert about the old version resolves as superseded;
+    the other device's alert about the version it still serves stays open."""
+    v2_path, _ = make_fleet_bundle(tmp_path / "v2", version=2)
+    config = _config(tmp_path)
+    with fresh_store("sqlite", tmp_path) as store:
+        fleet = Fleet(store, predictor)
+        for d in ("d1", "d2"):
+            fleet.announce(d)
+            for k in (1, 2, 3):
+                fleet.window(d, T0 + 10 * k, 150, drift=SHIFT)
+        with store.session() as s:
+            evaluate(s, _at(T0 + 30), config)
+        before = [a for a in _rows(store) if a.kind == "drift" and a.feature == "temp"]
+        assert {a.device for a in before if a.resolved_at is None} == {"d1", "d2", None}
+        Fleet(store, Predictor(v2_path)).announce("d1", now=T0 + 35)  # d1 now serves v2
+        with store.session() as s:
+            r = evaluate(s, _at(T0 + 40), config)
+        after = {a.id: a for a in _rows(store)}
+    d1 = [after[a.id] for a in before if a.device == "d1"]
+    d2 = [after[a.id] for a in before if a.device in ("d2", None)]  # and the fleet's: d2 runs v1
+    assert d1 and all(a.resolved_at == _at(T0 + 40) for a in d1)
+    assert len(d2) >= 2 and all(a.resolved_at is None for a in d2)
+    assert {c.device for c in r.resolved if c.feature == "temp"} == {"d1"}

@@ -5,7 +5,10 @@ open per key. :func:`reconcile` opens an alert for a condition without an open o
 resolves an open alert whose subject was judged this round without the condition (a
 subject that could not be judged, e.g. a quiet device under ``min_rows``, keeps its open
 alerts as they are; a drift score back under the alert level but still at watch level
-keeps its alert open too). Each change is published as ``edgeml.alert/1`` on
+keeps its alert open too). An open alert about a model version that its device (or, for a
+fleet-wide alert, every device) no longer serves is resolved as superseded: after a deploy
+or a rollback nobody runs that version any more, so its condition cannot clear by itself.
+Each change is published as ``edgeml.alert/1`` on
 :func:`edgeml.runtime.topics.alert_topic` (QoS 1, not retained).
 
 Kinds (:data:`KINDS`): ``device_lost`` ($state lost), ``device_silent`` (no window for
@@ -16,15 +19,15 @@ Kinds (:data:`KINDS`): ``device_lost`` ($state lost), ``device_silent`` (no wind
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from edgeml.fleet.schema import Alert
+from edgeml.fleet.schema import Alert, Device
 from edgeml.runtime import payloads
 from edgeml.runtime.topics import alert_topic
 
@@ -106,6 +109,7 @@ def reconcile(session: Session, now: datetime, conditions: Iterable[Condition],
     for c in conditions:
         current.setdefault(c.key, c)  # the first condition of a key wins (the caller orders them)
     open_rows = session.execute(select(t).where(t.c.resolved_at.is_(None))).all()
+    superseded = _superseded(session, open_rows)
     open_keys: dict[Key, Any] = {}
     resolved: list[AlertChange] = []
     for row in open_rows:
@@ -114,7 +118,8 @@ def reconcile(session: Session, now: datetime, conditions: Iterable[Condition],
             _resolve(session, row.id, now)
             continue
         open_keys[key] = row
-        if key not in current and key[:5] in judged and key not in hold:
+        if row.id in superseded or (key not in current and key[:5] in judged
+                                    and key not in hold):
             _resolve(session, row.id, now)
             resolved.append(_change("resolved", row.id, row, now))
     opened: list[AlertChange] = []
@@ -132,6 +137,34 @@ def reconcile(session: Session, now: datetime, conditions: Iterable[Condition],
                                   c.version, c.feature, c.value, c.threshold, c.message, now, None))
     still_open = len(open_keys) - len(resolved) + len(opened)
     return opened, resolved, still_open
+
+
+def _superseded(session: Session, open_rows: Sequence[Any]) -> set[int]:
+    """Ids of open alerts about a model version nobody they concern serves any more."""
+    versioned = [r for r in open_rows if r.model_name is not None and r.model_version is not None]
+    if not versioned:
+        return set()
+    d = cast(Table, Device.__table__)
+    pairs = {(r.fleet, r.device) for r in versioned if r.device is not None}
+    serving: dict[tuple[str, str], tuple[str | None, int | None]] = {}
+    if pairs:
+        rows = session.execute(select(d.c.fleet, d.c.device, d.c.model_name, d.c.model_version)
+                               .where(tuple_(d.c.fleet, d.c.device).in_(sorted(pairs))))
+        serving = {(r.fleet, r.device): (r.model_name, r.model_version) for r in rows}
+    served = {(r.model_name, r.model_version) for r in session.execute(
+        select(d.c.model_name, d.c.model_version).distinct())}
+    out: set[int] = set()
+    for r in versioned:
+        mine = (r.model_name, r.model_version)
+        if r.device is not None:
+            now_serving = serving.get((r.fleet, r.device))
+            # only when the device reports another version of the same model
+            if now_serving is not None and now_serving[0] == r.model_name \
+                    and now_serving[1] is not None and now_serving != mine:
+                out.add(int(r.id))
+        elif served and mine not in served and any(n == r.model_name for n, _ in served):
+            out.add(int(r.id))
+    return out
 
 
 def _resolve(session: Session, alert_id: int, now: datetime) -> None:
