@@ -60,9 +60,9 @@ class AgentProcess:
 
     def __init__(self, state_dir: Path, base: str, device: str, *args: str,
                  bundle: Path | None = None, env: dict[str, str] | None = None,
-                 fleet: str = "lab", wait: bool = True) -> None:
+                 fleet: str = "lab", wait: bool = True, wrap: tuple[str, ...] = ()) -> None:
         self.state_dir, self.base, self.device, self.fleet = state_dir, base, device, fleet
-        cmd = [sys.executable, "-m", "edgeml", "agent", "--state-dir", str(state_dir),
+        cmd = [*wrap, sys.executable, "-m", "edgeml", "agent", "--state-dir", str(state_dir),
                "--broker", BROKER, "--base-topic", base, "--fleet", fleet,
                "--device-id", device, "--port", "0", "--workers", "1",
                "--metrics-interval", "1", "--log-level", os.environ.get("AGENT_LOG", "warning"), *args]
@@ -143,7 +143,7 @@ class AgentProcess:
 class Watcher:
     """Every ``edgeml.deploy-report/1`` published under ``base`` (plus ``$info`` payloads)."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, host: str = HOST, port: int = PORT) -> None:
         self.base = base
         self.reports: list[dict[str, Any]] = []
         self.infos: list[dict[str, Any]] = []
@@ -156,7 +156,7 @@ class Watcher:
         self.client.on_connect = lambda c, *a: c.subscribe(f"{base}/#", qos=1)
         self.client.on_subscribe = lambda *a: ready.set()
         self.client.on_message = self._on_message
-        self.client.connect(HOST, PORT)
+        self.client.connect(host, port)
         self.client.loop_start()
         assert ready.wait(10), "watcher did not subscribe"
 

@@ -132,6 +132,25 @@ def test_download_log_resumes_and_drops_chunks_the_disk_lost(tmp_path: Path) -> 
     assert not list(tmp_path.iterdir())
 
 
+def test_requests_in_flight_are_not_asked_again_while_chunks_still_arrive(
+        tmp_path: Path) -> None:
+    """On a slow link a window takes longer than the chunk timeout: chunks still on their way
+    are asked again only once nothing arrives for the timeout (or after 4 timeouts)."""
+    dl = Download(tmp_path, OFFER, "dep")
+    dl.open()
+    assert dl.to_request(2, 1.0) == [0, 1]
+    for index in dl.requested:  # both asked 2 s ago (past the 1 s timeout)...
+        dl.requested[index] -= 2.0
+    dl.write(decode_chunk(_chunk(0), OFFER))  # ...but chunk 0 just arrived: the link moves
+    assert dl.to_request(2, 1.0) == [2]  # 1 is still on its way: not asked again
+    dl.last_progress -= 1.5  # then nothing for longer than the timeout: the link stalled
+    assert dl.to_request(2, 1.0) == [1]
+    dl.last_progress += 1.5
+    dl.requested[1] -= 5.0  # asked more than 4 timeouts ago: lost even while others flow
+    assert dl.to_request(2, 1.0) == [1]
+    dl.close()
+
+
 def test_gates() -> None:
     old = MeterSnapshot(ok=100, errors=0, p95_ms=1.0)
     gates = Gates(max_error_rate=0.05, max_p95_ratio=3.0, min_requests=20)

@@ -36,7 +36,7 @@ KEYS = frozenset({
     "chunk_timeout", "host", "port", "workers", "threads", "max_batch", "broker", "username",
     "password", "tls_ca", "tls_cert", "tls_key", "tls_insecure", "mqtt_version", "keepalive",
     "device_id", "fleet", "base_topic", "metrics_interval", "reconnect_max_delay",
-    "log_level",
+    "log_level", "http_token",
 })
 _LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][A-Za-z0-9_-]*)\s*:(?:\s+(?P<value>.*))?$")
 _INT = re.compile(r"^[-+]?\d+$")
@@ -152,6 +152,8 @@ class AgentSettings:
     bundle: Path | None = None  # installed as the first committed slot when there is none
     window: int = 8  # chunks in flight
     chunk_timeout: float = 3.0  # seconds before a chunk asked for is asked again
+    # (and the timeout of each HTTP connect/read when the bundle comes from a URL)
+    http_token: str | None = None  # bearer token sent with HTTP(S) bundle downloads
 
     def __post_init__(self) -> None:
         if self.serve.broker is None:

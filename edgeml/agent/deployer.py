@@ -26,23 +26,25 @@ from typing import Any
 
 from edgeml.agent import machine as m
 from edgeml.agent.config import AgentSettings
-from edgeml.agent.install import InstallRefused, check_compat, file_sha256
+from edgeml.agent.http_fetch import HttpFetch
+from edgeml.agent.install import InstallRefused, check_compat, file_sha256, seed_state
 from edgeml.agent.link import DeployLink
 from edgeml.agent.protocol import (
     CHUNK_HEADER,
+    COMMAND_SCHEMA,
     REPORT_SCHEMA,
     BundleOffer,
+    Chunk,
     ChunkRequest,
     Command,
     ProtocolError,
     decode_chunk,
 )
-from edgeml.agent.slots import SlotInfo, StateDir
+from edgeml.agent.slots import StateDir
 from edgeml.agent.steps import InstallSteps
 from edgeml.agent.transfer import Download, discard_partial
 from edgeml.agent.trial import MeterSnapshot
 from edgeml.bundle.reader import open_bundle
-from edgeml.bundle.verify import verify_bundle
 from edgeml.errors import EdgeMLError
 from edgeml.runtime.sampling import iso_utc
 from edgeml.runtime.topics import DeviceTopics, default_device_id
@@ -68,6 +70,7 @@ class Deployer(InstallSteps):
         self.record = m.load_record(state.record_path)
         self.holder: Any = None  # the ModelHolder once serving
         self.download: Download | None = None
+        self.fetch: HttpFetch | None = None  # the HTTP(S) download thread (bundle.url)
         self.baseline: MeterSnapshot | None = None
         self._pause = os.environ.get("EDGEML_AGENT_PAUSE_AT", "")
         self._stopping = threading.Event()
@@ -77,21 +80,7 @@ class Deployer(InstallSteps):
 
     def seed(self, bundle: Path) -> None:
         """With no current slot yet: install ``bundle`` as slot a, committed (first boot)."""
-        if self.state.current()[0] is not None:
-            return
-        report = verify_bundle(bundle, public_key=self.settings.policy.public_key
-                               if open_bundle(bundle).signature() else None)
-        man = report.manifest
-        assert man is not None
-        tmp = self.state.slot_dir("a") / "seed.part"
-        with open(bundle, "rb") as src, open(tmp, "wb") as dst:
-            while block := src.read(1 << 20):
-                dst.write(block)
-            dst.flush()
-            os.fsync(dst.fileno())
-        self.state.install_file("a", tmp, SlotInfo("a", "good", man.name, man.version,
-                                                   file_sha256(tmp)))
-        self.state.point("a", None)
+        seed_state(self.state, bundle, self.settings.policy.public_key)
 
     def serving_path(self) -> Path:
         slot = self.state.current()[0]
@@ -122,7 +111,12 @@ class Deployer(InstallSteps):
         report_event = _REPORTS.get(event)
         report = self._report_body(report_event, record) if report_event else None
         if state == m.IDLE:  # the deployment is over: keep its last report, nothing else
-            record = m.DeployRecord(last=report)
+            committed = None  # and, after a commit, what a revert needs
+            if event == "committed":
+                committed = {"id": record.deployment_id, "from_slot": record.from_slot,
+                             "to_slot": record.to_slot,
+                             "bundle": report["bundle"] if report else None}
+            record = m.DeployRecord(last=report, committed=committed)
         self.record = m.save_record(self.state.record_path, record)
         if report is not None:
             self._send(report)
@@ -190,6 +184,9 @@ class Deployer(InstallSteps):
         if self._thread is not None:
             self._thread.join(10.0)
             self._thread = None
+        if self.fetch is not None:
+            self.fetch.stop()
+            self.fetch = None
         if self.download is not None:
             self.download.close()
         self.link.close()
@@ -241,8 +238,14 @@ class Deployer(InstallSteps):
             if cmd.action == "cancel" and rec.state == m.DOWNLOADING:
                 self._drop_download()
                 self.fire("cancel", "cancelled by the controller")
+            elif cmd.action == "rollback" and rec.state == m.DOWNLOADING:
+                self._drop_download()
+                self.fire("cancel", "rolled back by the controller before install")
             elif cmd.action == "rollback" and rec.state == m.TRIAL:
                 self.fire("rollback", "rolled back by the controller")
+            # else a short step is under way: the controller repeats the command
+        elif cmd.action == "rollback":
+            self._revert(cmd.id)
         elif rec.last is not None and rec.last.get("id") == cmd.id:
             self._send(rec.last)  # a repeated command: the same answer again
         elif cmd.action != "install" or cmd.bundle is None:
@@ -267,7 +270,53 @@ class Deployer(InstallSteps):
         self.state.empty(target, f"being written by deployment {cmd.id}")  # bad before written
         discard_partial(self.state.slot_dir(target))
         self.fire("deploy", command=cmd.to_dict(), from_slot=current, to_slot=target,
-                  attempts=0, reason=None, trial_until=None)
+                  attempts=0, reason=None, trial_until=None, committed=None)
+
+    def _revert(self, ident: str) -> None:
+        """``rollback`` while idle: revert the last committed deployment, if it is ``ident``."""
+        rec = self.record
+        last = rec.last or {}
+        if last.get("id") == ident and last.get("event") == "rolled_back":
+            self._send(last)  # already rolled back: the same answer again
+            return
+        why = self._revert_blocker(ident)
+        if why is not None:
+            self._refuse(ident, f"nothing to roll back: {why}")
+            return
+        c = rec.committed
+        assert c is not None
+        command = {"schema": COMMAND_SCHEMA, "id": ident, "action": "rollback",
+                   "bundle": c.get("bundle") or {}}
+        self.fire("revert", "rolled back by the controller after commit", command=command,
+                  from_slot=c["from_slot"], to_slot=c["to_slot"], attempts=0,
+                  trial_until=None, committed=None)
+
+    def _revert_blocker(self, ident: str) -> str | None:
+        """Why deployment ``ident`` cannot be reverted now (None: it can)."""
+        rec, last = self.record, self.record.last or {}
+        c = rec.committed
+        if c is None or c.get("id") != ident:
+            if last.get("id") == ident:
+                return (f"deployment {ident} did not commit (it {last.get('event')}: "
+                        f"{last.get('reason')})")
+            if c is not None:
+                return f"deployment {ident} is not the last committed one ({c.get('id')} is)"
+            return f"no committed deployment {ident} on this device"
+        frm, to = c.get("from_slot"), c.get("to_slot")
+        current = self.state.current()[0]
+        if frm is None or to is None or current != to:
+            return f"slot {to} of deployment {ident} is no longer the one serving"
+        info = self.state.slot_info(frm)
+        if info.status != "good":
+            return f"the previous slot {frm} is {info.status}" + (
+                f" ({info.reason})" if info.reason else "")
+        try:
+            digest = file_sha256(self.state.bundle_path(frm))
+        except OSError as exc:
+            return f"the previous slot {frm} cannot be read ({exc.strerror or exc})"
+        if digest != info.sha256:
+            return f"the previous slot {frm} does not hold its bundle (sha256 differs)"
+        return None
 
     # -- the steps ------------------------------------------------------------------------------
 
@@ -305,9 +354,13 @@ class Deployer(InstallSteps):
                                              {"have": have, "count": cmd.bundle.count}))
         dl = self.download
         if dl.complete:
+            self._stop_fetch()
             dl.finish()
             self.download = None
             self.fire("downloaded")
+            return
+        if cmd.bundle.url is not None:
+            self._step_http(dl, cmd.bundle)
             return
         if self.link.connected:
             wanted = dl.to_request(self.settings.window, self.settings.chunk_timeout)
@@ -338,3 +391,37 @@ class Deployer(InstallSteps):
             self.fire("error", f"cannot write the download: {exc.strerror or exc}")
             return
         self._maybe_pause(m.DOWNLOADING, len(dl.have))
+
+    # -- HTTP(S) download (bundle.url) ---------------------------------------------------------
+
+    def _step_http(self, dl: Download, offer: BundleOffer) -> None:
+        assert offer.url is not None
+        fetch = self.fetch
+        if fetch is None or not fetch.running:
+            if fetch is not None:
+                fetch.stop()  # ended without the whole file (cannot happen): start again
+            first = dl.first_missing() or 0
+            fetch = self.fetch = HttpFetch(
+                offer.url, offer, first, token=self.settings.http_token,
+                timeout=self.settings.chunk_timeout,
+                max_delay=float(self.settings.serve.telemetry.reconnect_max_delay)).start()
+        deadline = time.monotonic() + 0.2
+        while time.monotonic() < deadline:
+            events = fetch.poll(0.05)
+            if not events:
+                return
+            for event in events:
+                if event[0] == "chunk":
+                    try:
+                        dl.write(Chunk(event[1], offer.count, offer.sha256, event[2]))
+                    except OSError as exc:
+                        self._drop_download()
+                        self.fire("error", f"cannot write the download: {exc.strerror or exc}")
+                        return
+                    self._maybe_pause(m.DOWNLOADING, len(dl.have))
+                elif event[0] == "error":
+                    self._drop_download()
+                    self.fire("error", event[1])
+                    return
+                elif event[0] == "done":
+                    return

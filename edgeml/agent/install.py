@@ -15,17 +15,22 @@ In order, each failure is an :class:`InstallRefused` whose message is the reason
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgeml.bundle.manifest import SIGNATURE, Manifest
 from edgeml.bundle.reader import open_bundle
 from edgeml.bundle.verify import verify_bundle
 from edgeml.errors import EdgeMLError
 
+if TYPE_CHECKING:
+    from edgeml.agent.slots import StateDir
+
 __all__ = ["InstallPolicy", "InstallRefused", "check_compat", "device_arch", "normalize_arch",
-           "verify_download"]
+           "seed_state", "verify_download"]
 
 _ARCH = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8": "aarch64",
          "armv7l": "armv7", "armhf": "armv7", "armv6l": "armv6"}
@@ -104,3 +109,29 @@ def verify_download(path: Path, sha256: str, policy: InstallPolicy, serving: Man
     if bad is not None:
         raise InstallRefused(f"{bad.name} check failed: {bad.detail}")
     return m
+
+
+def seed_state(state: StateDir, bundle: Path, public_key: Path | None = None) -> bool:
+    """First boot: with no current slot yet, install ``bundle`` as slot a, committed.
+
+    The bundle is verified first (with ``public_key`` when it is signed). Returns False, and
+    changes nothing, when the state folder already has a current slot. Used by the agent
+    (``--bundle``) and by ``edgeml flash``, so both lay the slot out the same way.
+    """
+    from edgeml.agent.slots import SlotInfo
+
+    if state.current()[0] is not None:
+        return False
+    report = verify_bundle(bundle, public_key=public_key if open_bundle(bundle).signature()
+                           else None)
+    man = report.manifest
+    assert man is not None
+    tmp = state.slot_dir("a") / "seed.part"
+    with open(bundle, "rb") as src, open(tmp, "wb") as dst:
+        while block := src.read(1 << 20):
+            dst.write(block)
+        dst.flush()
+        os.fsync(dst.fileno())
+    state.install_file("a", tmp, SlotInfo("a", "good", man.name, man.version, file_sha256(tmp)))
+    state.point("a", None)
+    return True

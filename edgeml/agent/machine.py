@@ -5,7 +5,7 @@ temp file, fsync, rename, fsync folder) *before* the step of its new state runs,
 crash at any point leaves a record naming the step that was under way::
 
     state          step it runs                                   events
-    idle           nothing (serving the committed slot)           deploy
+    idle           nothing (serving the committed slot)           deploy, revert
     downloading    pull the chunks into the inactive slot         downloaded, error, cancel
     verifying      sha256, signature, target/arch, downgrade,     verified, error
                    self-test (the device's onnxruntime)
@@ -14,8 +14,16 @@ crash at any point leaves a record naming the step that was under way::
     trial          soak: error rate, p95 vs the old version,      passed, failed, rollback
                    self-test again
     committing     mark the slot good                             committed
-    rolling_back   pointer back to the old slot, serve it         rolled_back
+    rolling_back   pointer back to the old slot, serve it,        rolled_back
+                   empty the slot it left
     failing        remove the partial download, report            cleaned
+
+``revert`` is the controller's rollback of the last *committed* deployment (``idle``, its
+id in :attr:`DeployRecord.committed`, the previous slot still good and holding its
+bundle): the record names that deployment again, ``from_slot`` = the slot it replaced
+(the rollback target), ``to_slot`` = the slot it installed (emptied once left), and the
+same ``rolling_back`` step runs, so a crash during it finishes on restart like any
+rollback.
 
 :data:`RESUME` says where an agent that finds a record on start goes (Mender-style): an
 interrupted download resumes from the first missing chunk, a verification runs again,
@@ -58,6 +66,7 @@ MAX_ATTEMPTS = 3
 
 TRANSITIONS: dict[tuple[str, str], str] = {
     (IDLE, "deploy"): DOWNLOADING,
+    (IDLE, "revert"): ROLLING_BACK,  # roll back the last committed deployment
     (DOWNLOADING, "downloaded"): VERIFYING,
     (DOWNLOADING, "error"): FAILING,
     (DOWNLOADING, "cancel"): FAILING,
@@ -122,6 +131,9 @@ class DeployRecord:
     reason: str | None = None  # why it is failing / rolling back
     trial_until: float | None = None  # wall clock end of the soak
     last: dict[str, Any] | None = None  # the last report of the previous deployment
+    # the last deployment committed, while it may be reverted ({"id", "from_slot",
+    # "to_slot"}); dropped when another deployment finishes in any way
+    committed: dict[str, Any] | None = None
     saved_at: float = field(default=0.0)
 
     def to(self, state: str, **changes: Any) -> DeployRecord:

@@ -20,10 +20,40 @@ Command (``edgeml.deploy/1``)::
      "gates": {"max_error_rate": 0.05, "max_p95_ratio": 3.0, "min_requests": 20}}
 
 ``name``/``version``/``target``/``arch`` are optional hints used to refuse early; the
-agent checks the manifest it receives in any case. ``action`` ``"rollback"`` (during the
-trial: roll back now) and ``"cancel"`` (during the transfer: give up) name the deployment
-by ``id``. A command whose ``id`` already finished is answered with its last report again
-(commands are idempotent; a controller may repeat them until it sees a report).
+agent checks the manifest it receives in any case.
+
+``bundle.url`` (optional, ``http://`` or ``https://``): download the bundle from there
+instead of asking for chunks over MQTT (:mod:`edgeml.agent.http_fetch`): ``GET`` with
+``Range: bytes=<first missing chunk * chunk_size>-`` (and ``Authorization: Bearer
+<--http-token>`` when the agent has one), written into the same partial file and chunk
+log, so it resumes after a dropped connection or a restart. ``206`` continues, ``200``
+(the server ignored the range) starts again from byte 0, ``408``/``425``/``429``/``5xx``,
+timeouts (``--chunk-timeout`` per read) and lost connections are retried with backoff
+(0.5 s doubling to ``--reconnect-max-delay``), ``416``, any other ``4xx``, a length that
+is not ``size`` and a certificate that does not verify fail the deployment with the
+reason. ``chunk_size`` is still required: it is the unit in which progress is logged.
+The whole-file sha256 and every other install check are the same.
+
+``action`` ``"rollback"`` and ``"cancel"`` name a deployment by ``id`` (no ``bundle``):
+
+- ``cancel`` during the transfer: give up (``failed``, "cancelled by the controller").
+- ``rollback`` during the transfer: the same, reason "rolled back by the controller
+  before install"; during the trial: roll back now (``rolled_back``, "rolled back by the
+  controller"); when the agent is idle and ``id`` is its last *committed* deployment:
+  revert to the slot that deployment replaced, if that slot is still good and holds its
+  bundle (``rolled_back``, "rolled back by the controller after commit", ``serving`` the
+  old version; the slot it left is emptied for the next deployment). Otherwise
+  ``failed`` with reason ``"nothing to roll back: <why>"`` and nothing changes. In the
+  short steps between (verifying, switching, committing, rolling back) a command for the
+  deployment under way is not answered: repeat it.
+- A command for another deployment than the one under way: ``failed``, "busy with
+  deployment <id> (<state>)".
+
+A command whose ``id`` already finished is answered with its last report again (commands
+are idempotent; a controller may repeat them until it sees a report). For ``rollback``:
+a deployment already rolled back (on trial or after commit) answers that ``rolled_back``
+again; one that committed is reverted (above); one that failed answers ``failed``,
+"nothing to roll back: deployment <id> did not commit (it failed: <reason>)".
 
 Chunk request (``edgeml.chunk-request/1``): ``{"schema": ..., "id": <deployment id>,
 "sha256": <bundle>, "chunk_size": <bytes>, "chunks": [<index>, ...]}`` (at most the
@@ -64,6 +94,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from edgeml.errors import EdgeMLError
 
@@ -98,6 +129,7 @@ CHUNK_HEADER = struct.Struct(">4sB3xIII32s32s")  # 84 bytes
 MIN_CHUNK_SIZE = 1024
 MAX_CHUNK_SIZE = 4 * 1024 * 1024
 MAX_BUNDLE_SIZE = 4 * 1024 * 1024 * 1024
+MAX_URL = 2048
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _DEPLOY_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
@@ -143,6 +175,17 @@ class Gates:
                 "min_requests": self.min_requests}
 
 
+def _check_url(url: Any) -> str:
+    if not isinstance(url, str) or len(url) > MAX_URL:
+        raise ProtocolError(f"bundle.url: expected a string of at most {MAX_URL} characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ProtocolError("bundle.url: expected http://HOST/... or https://HOST/...")
+    if any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise ProtocolError("bundle.url: spaces or control characters")
+    return url
+
+
 @dataclass(frozen=True)
 class BundleOffer:
     """What a command says about the bundle: its identity, size and chunking, plus hints."""
@@ -154,6 +197,7 @@ class BundleOffer:
     version: int | None = None
     target: str | None = None
     arch: str | None = None
+    url: str | None = None  # http(s): download from there instead of MQTT chunks
 
     @property
     def count(self) -> int:
@@ -181,12 +225,15 @@ class BundleOffer:
         hints = {k: raw.get(k) for k in ("name", "target", "arch")}
         if any(v is not None and not isinstance(v, str) for v in hints.values()):
             raise ProtocolError("bundle.name/target/arch: expected strings")
-        return cls(sha, size, chunk, hints["name"], version, hints["target"], hints["arch"])
+        url = raw.get("url")
+        if url is not None:
+            url = _check_url(url)
+        return cls(sha, size, chunk, hints["name"], version, hints["target"], hints["arch"], url)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"sha256": self.sha256, "size": self.size,
                                "chunk_size": self.chunk_size}
-        for key in ("name", "version", "target", "arch"):
+        for key in ("name", "version", "target", "arch", "url"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out

@@ -31,6 +31,7 @@ class InstallSteps:
     record: m.DeployRecord
     holder: Any
     download: Download | None
+    fetch: Any  # an edgeml.agent.http_fetch.HttpFetch while downloading from a URL
     baseline: MeterSnapshot | None
 
     @property
@@ -43,7 +44,14 @@ class InstallSteps:
     def _serving_manifest(self) -> Any:
         raise NotImplementedError
 
+    def _stop_fetch(self) -> None:
+        fetch = getattr(self, "fetch", None)
+        if fetch is not None:
+            fetch.stop()
+            self.fetch = None
+
     def _drop_download(self) -> None:
+        self._stop_fetch()
         if self.download is not None:
             self.download.discard()
             self.download = None

@@ -42,6 +42,7 @@ class Download:
         self.part = folder / PART
         self.have: set[int] = set()
         self.requested: dict[int, float] = {}  # index -> monotonic time asked
+        self.last_progress = time.monotonic()  # when a chunk last arrived (or we started)
         self.rejected = 0
         self.duplicates = 0
         self._fd = -1
@@ -90,10 +91,19 @@ class Download:
         return next((i for i in range(self.offer.count) if i not in self.have), None)
 
     def to_request(self, window: int, timeout: float) -> list[int]:
-        """The lowest missing chunks not asked for (or asked more than ``timeout`` s ago)."""
+        """The lowest missing chunks not asked for, or asked for and given up as lost.
+
+        A chunk asked more than ``timeout`` s ago counts as lost only while nothing arrives
+        (no chunk for ``timeout`` s: the link stalled or the answers were dropped) or after
+        ``4 * timeout`` s. On a slow link a window takes longer than ``timeout`` to arrive,
+        and asking again for chunks that are still on their way would only multiply the
+        traffic (13x seen over a 47 KB/s link with 10% loss).
+        """
         now = time.monotonic()
+        stalled = now - self.last_progress > timeout
         for index, asked in list(self.requested.items()):
-            if index in self.have or now - asked > timeout:
+            waited = now - asked
+            if index in self.have or (waited > timeout and (stalled or waited > 4 * timeout)):
                 del self.requested[index]  # arrived, or lost: ask again
         room = window - len(self.requested)
         out: list[int] = []
@@ -128,6 +138,7 @@ class Download:
         os.fsync(self._log_fd)
         self.have.add(chunk.index)
         self.requested.pop(chunk.index, None)
+        self.last_progress = time.monotonic()
         return True
 
     def finish(self) -> Path:

@@ -41,7 +41,8 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     return value
 
 
-@cli.command("agent")
+@cli.group("agent", invoke_without_command=True)
+@click.pass_context
 @_opt("--config", default=None, is_eager=True, expose_value=False, callback=_load_config,
       type=click.Path(dir_okay=False), help="Config file: JSON, or the YAML subset the README "
                                             "describes (flags and environment win over it).")
@@ -61,7 +62,10 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
 @_opt("--window", default=8, show_default=True, type=click.IntRange(1, 256),
       help="Chunks in flight during a transfer.")
 @_opt("--chunk-timeout", default=3.0, show_default=True, type=click.FloatRange(min=0.1),
-      metavar="SECONDS", help="Ask again for a chunk not received within this time.")
+      metavar="SECONDS", help="Ask again for a chunk not received within this time (also "
+                              "the timeout of each HTTP read of a bundle URL).")
+@_opt("--http-token", default=None, metavar="TOKEN",
+      help="Bearer token for bundle URLs (HTTP(S) downloads; prefer the environment).")
 @_opt("--host", default="127.0.0.1", show_default=True, help="HTTP address to bind.")
 @_opt("--port", default=8080, show_default=True, type=int, help="HTTP port (0: any free).")
 @_opt("--workers", default=0, show_default=True, type=click.IntRange(0, 64),
@@ -95,21 +99,24 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
 @_opt("--log-level", default="info", show_default=True, type=click.Choice(LEVELS),
       help="Logging level (stderr).")
 def agent_command(
-    state_dir: Path | None, bundle: Path | None, public_key: Path | None, allow_unsigned: bool,
+    ctx: click.Context, state_dir: Path | None, bundle: Path | None, public_key: Path | None, allow_unsigned: bool,
     target: str | None, arch: str | None, window: int, chunk_timeout: float, host: str,
     port: int, workers: int, threads: int | None, max_batch: int, broker: str | None,
     username: str | None, password: str | None, tls_ca: str | None, tls_cert: str | None,
     tls_key: str | None, tls_insecure: bool, mqtt_version: str, keepalive: int,
     device_id: str | None, fleet: str, base_topic: str, metrics_interval: float,
-    reconnect_max_delay: int, log_level: str,
+    reconnect_max_delay: int, log_level: str, http_token: str | None,
 ) -> None:
     """Serve the current model slot and take over-the-air deploys from MQTT.
 
     Serves exactly like `edgeml serve` (HTTP and telemetry). Deploy commands arrive on
     .../deploy/set; the bundle is pulled in chunks into the inactive slot, verified, switched
     to without dropping a request, tried for a soak period, then committed or rolled back.
-    Every step is reported on .../deploy.
+    Every step is reported on .../deploy. `edgeml agent install-service` writes the systemd
+    unit that runs it.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from edgeml.agent.config import AgentSettings
     from edgeml.agent.install import InstallPolicy, device_arch, normalize_arch
     from edgeml.agent.service import AgentInfo, run_agent
@@ -135,7 +142,7 @@ def agent_command(
         policy=InstallPolicy(arch=normalize_arch(arch) if arch else device_arch(),
                              target=target, public_key=public_key,
                              allow_unsigned=allow_unsigned),
-        bundle=bundle, window=window, chunk_timeout=chunk_timeout)
+        bundle=bundle, window=window, chunk_timeout=chunk_timeout, http_token=http_token)
     setup_logging(log_level)
 
     def ready(info: AgentInfo) -> None:
@@ -152,3 +159,30 @@ def agent_command(
 
     run_agent(settings, on_ready=ready)
     click.echo("stopped")
+
+
+@agent_command.command("install-service")
+@click.option("--config", default="/etc/edgeml/agent.yaml", show_default=True,
+              type=click.Path(dir_okay=False),
+              help="The agent config the unit runs with (checked with the agent's loader).")
+@click.option("--unit-dir", default="/etc/systemd/system", show_default=True,
+              type=click.Path(file_okay=False), help="Folder to write edgeml-agent.service in.")
+@click.option("--user", default="edgeml", show_default=True,
+              help="System user the agent runs as ('' for systemd's DynamicUser=yes).")
+@click.option("--state-dir", default="/var/lib/edgeml", show_default=True,
+              help="State folder (under /var/lib: the unit's StateDirectory=).")
+@click.option("--enable", is_flag=True, default=False,
+              help="Then run systemctl daemon-reload and systemctl enable --now (when "
+                   "systemctl exists).")
+def install_service_command(config: str, unit_dir: str, user: str, state_dir: str,
+                            enable: bool) -> None:
+    """Write the systemd unit that runs `edgeml agent --config CONFIG` on this device.
+
+    The unit (Restart=always, StateDirectory=, its own user) runs this installation's edgeml.
+    With --enable it is enabled and started; without systemctl only the file is written.
+    """
+    from edgeml.agent.unit import install_service
+
+    result = install_service(config=config, unit_dir=unit_dir, user=user or None,
+                             state_dir=state_dir, enable=enable)
+    click.echo(result.message)
