@@ -30,7 +30,7 @@ DEVICE_PACKAGES = ("edgeml.bundle", "edgeml.runtime", "edgeml.agent")
 # Every top-level command is one or the other; a new command must be placed here.
 DEVICE_COMMANDS = ("broker", "inspect", "predict", "serve", "verify", "agent")
 HOST_COMMANDS = ("dashboard", "devices", "evaluate", "explore", "fleet", "keys", "models", "monitor",
-                 "package", "simulate", "train")
+                 "package", "simulate", "train", "flash", "retrain", "deploy", "rollback")
 
 PROBE = """
 import json, sys

@@ -13,7 +13,9 @@ once ``receive_maximum`` messages are unacknowledged), retries with backoff and 
 Subscriptions: ``metrics``, ``samples`` and ``feedback`` through the shared subscription
 ``$share/<group>/...`` (monitors of one group split the fleet), ``$state`` and ``$info``
 through an ordinary subscription in every monitor (retained messages are not sent to shared
-subscriptions), stored idempotently. Acknowledgements are only sent on the connection
+subscriptions), stored idempotently. Deploy reports and chunk requests (shared too) go to
+:class:`edgeml.fleet.monitor_deploys.DeployService`, which also advances rollouts.
+Acknowledgements are only sent on the connection
 that delivered the message: a message delivered before a reconnect is stored but left to
 the broker's redelivery.
 """
@@ -42,6 +44,7 @@ from edgeml.errors import RuntimeServiceError, UsageError
 from edgeml.fleet.db import Store, open_store, redact
 from edgeml.fleet.exposition import MetricsServer, Registry
 from edgeml.fleet.ingest import DEFAULT_MAX_PAYLOAD, Rejected, classify
+from edgeml.fleet.monitor_deploys import DEPLOY_LEAVES, DeployService
 from edgeml.fleet.monitor_metrics import MonitorMetrics
 from edgeml.fleet.mqtt_reads import buffer_reads
 from edgeml.fleet.writer import Item, Writer, is_transient
@@ -157,11 +160,17 @@ class Monitor:
         self.metrics.queue_depth.collect_with(lambda: {(): float(self._queue.qsize())})
         from edgeml.fleet.monitor_tasks import Evaluation, lost_windows_task, retention_task
 
+        self.deploys = DeployService(self)  # chunk answers, deploy reports, rollouts
+
         if settings.retain_days is not None:
             self.add_task(3600.0, retention_task, "retention")
         self.add_task(10.0, lost_windows_task, "lost-windows")
         if settings.evaluate_every is not None:
-            self.add_task(settings.evaluate_every, Evaluation(self), "evaluate")
+            evaluation = Evaluation(self)
+            self.add_task(settings.evaluate_every, evaluation, "evaluate")
+            from edgeml.fleet.monitor_tasks import add_retrain_task
+
+            add_retrain_task(self, evaluation)  # the thresholds file's retrain: section
 
     # -- extension points ------------------------------------------------------------
 
@@ -215,6 +224,7 @@ class Monitor:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        self.deploys.start()
 
     def wait_subscribed(self, timeout: float = 15.0) -> bool:
         return self._subscribed.wait(timeout)
@@ -227,6 +237,7 @@ class Monitor:
         for thread in self._threads:
             thread.join(timeout)
         self._threads.clear()
+        self.deploys.stop(timeout)
         client, self._client = self._client, None
         client.disconnect()
         client.loop_stop()
@@ -264,7 +275,7 @@ class Monitor:
         base, group = self.settings.base_topic, self.settings.group
         qos1 = SubscribeOptions(qos=1)
         shared = [(topics.shared_filter(group, topics.all_devices_filter(base, leaf)), qos1)
-                  for leaf in SHARED_LEAVES]
+                  for leaf in (*SHARED_LEAVES, *DEPLOY_LEAVES)]
         return shared + [(topics.all_devices_filter(base, leaf), qos1) for leaf in RETAINED_LEAVES]
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
@@ -299,8 +310,10 @@ class Monitor:
         for key, value in getattr(props, "UserProperty", None) or ():
             if key == "session":
                 session = value
-        self._queue.put(_Msg(self._generation, message.mid, message.qos, message.topic,
-                             bytes(message.payload), session))
+        msg = _Msg(self._generation, message.mid, message.qos, message.topic,
+                   bytes(message.payload), session)
+        if not self.deploys.offer(msg):
+            self._queue.put(msg)
 
     # -- the writer thread ----------------------------------------------------------------
 

@@ -362,7 +362,7 @@ class Deployment(Base):
 
 class DeploymentDevice(Base):
     """A device's part in a deployment. ``state``: pending, sent, downloading, verified,
-    switched, committed, rolled_back, failed, skipped."""
+    switched, committed, rolled_back, failed, skipped, rolling_back (asked, not yet reported)."""
 
     __tablename__ = "deployment_devices"
 
