@@ -1,4 +1,4 @@
-"""CLI commands of the fleet layer: ``edgeml fleet status|devices|device|drift|alerts|db``.
+"""CLI commands of the fleet layer: ``edgeml fleet status|devices|device|drift|alerts|retrains|acl|db``.
 
 Host side. SQLAlchemy and rich are imported inside the command bodies, so that loading the
 CLI (``edgeml --help``, device commands) never loads them.
@@ -195,6 +195,55 @@ def alerts_command(db: str | None, include_resolved: bool, kind: str | None,
         print_json(rows)
     else:
         _table("alerts", ALERT_COLUMNS, rows)
+
+
+@fleet_group.command("acl")
+@click.option("--fleet", "fleets", multiple=True, metavar="ID",
+              help="Devices belong to this fleet (repeat for several; default: any fleet).")
+@click.option("--base", "base", default="edgeml", show_default=True, metavar="TOPIC",
+              help="Base topic of the devices and monitors.")
+@click.option("--monitor-user", "monitors", multiple=True, metavar="NAME",
+              help="MQTT username of a monitor/controller: reads everything, commands devices "
+                   "(repeat for several).")
+@click.option("--out", "out", default=None, metavar="FILE",
+              help="Write the ACL to FILE (atomically) instead of printing it.")
+def acl_command(fleets: tuple[str, ...], base: str, monitors: tuple[str, ...],
+                out: str | None) -> None:
+    """A Mosquitto acl_file: each device (username = device id) publishes only under its own
+    root and reads only its own commands; monitors read everything and command devices."""
+    from edgeml.fleet.acl import AclSpec, render_acl, write_acl
+
+    spec = AclSpec.create(base, fleets, monitors)
+    if out is None:
+        click.echo(render_acl(spec), nl=False)
+    else:
+        click.echo(f"wrote {write_acl(spec, out)}")
+
+
+RETRAIN_COLUMNS = [
+    ("id", "id", ""), ("model", "model", ""), ("state", "state", ""), ("trigger", "trigger", ""),
+    ("alert", "alert_id", ""), ("host", "host", ""), ("pid", "pid", ""),
+    ("started", "started_at", ""), ("finished", "finished_at", ""), ("version", "version", ""),
+    ("reason", "reason", ""),
+]
+
+
+@fleet_group.command("retrains")
+@db_option
+@click.option("--model", "model", default=None, metavar="NAME", help="Only this model's runs.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000),
+              help="Show at most this many runs.")
+@json_option
+def retrains_command(db: str | None, model: str | None, limit: int, as_json: bool) -> None:
+    """Retraining runs (manual, or started by the monitor's retrain: trigger), newest first."""
+    from edgeml.fleet.retrain_trigger import retrain_runs
+
+    with _opened(db) as store:
+        rows = retrain_runs(store, model=model, limit=limit)
+    if as_json:
+        print_json(rows)
+    else:
+        _table("retraining runs", RETRAIN_COLUMNS, rows)
 
 
 @fleet_group.group("db")
