@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: install demo test test-fast test-slow test-arm test-browser chromium lint bench clean
+.PHONY: install demo demo-fleet test test-fast test-slow test-arm test-browser chromium lint bench clean
 
 install: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/python -m edgeml.demo
+
+# The whole loop: train, flash agents, monitor, drift, retrain, canary, promote (needs Mosquitto).
+demo-fleet: install
+	$(BIN)/python -m edgeml.demo_fleet
 
 lint: install
 	$(BIN)/ruff check edgeml tests bench

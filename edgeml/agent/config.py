@@ -36,7 +36,7 @@ KEYS = frozenset({
     "chunk_timeout", "host", "port", "workers", "threads", "max_batch", "broker", "username",
     "password", "tls_ca", "tls_cert", "tls_key", "tls_insecure", "mqtt_version", "keepalive",
     "device_id", "fleet", "base_topic", "metrics_interval", "reconnect_max_delay",
-    "log_level", "http_token",
+    "log_level", "http_token", "sample_rate", "sample_max_per_minute",
 })
 _LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][A-Za-z0-9_-]*)\s*:(?:\s+(?P<value>.*))?$")
 _INT = re.compile(r"^[-+]?\d+$")

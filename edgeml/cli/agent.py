@@ -94,6 +94,11 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
       help="First topic level(s).")
 @_opt("--metrics-interval", default=_TELEMETRY.metrics_interval, show_default=True,
       type=float, metavar="SECONDS", help="Seconds between two metrics messages.")
+@_opt("--sample-rate", default=_TELEMETRY.sample_rate, show_default=True,
+      type=click.FloatRange(0.0, 1.0), help="Fraction of input rows published on .../samples "
+      "(opt-in; 0 = off), as `edgeml serve`.")
+@_opt("--sample-max-per-minute", default=_TELEMETRY.sample_max_per_minute, show_default=True,
+      type=click.IntRange(0), metavar="N", help="Upper bound on published samples per minute.")
 @_opt("--reconnect-max-delay", default=_TELEMETRY.reconnect_max_delay, show_default=True,
       type=click.IntRange(1), metavar="SECONDS", help="Longest wait between reconnections.")
 @_opt("--log-level", default="info", show_default=True, type=click.Choice(LEVELS),
@@ -105,7 +110,8 @@ def agent_command(
     username: str | None, password: str | None, tls_ca: str | None, tls_cert: str | None,
     tls_key: str | None, tls_insecure: bool, mqtt_version: str, keepalive: int,
     device_id: str | None, fleet: str, base_topic: str, metrics_interval: float,
-    reconnect_max_delay: int, log_level: str, http_token: str | None,
+    sample_rate: float, sample_max_per_minute: int, reconnect_max_delay: int, log_level: str,
+    http_token: str | None,
 ) -> None:
     """Serve the current model slot and take over-the-air deploys from MQTT.
 
@@ -137,6 +143,8 @@ def agent_command(
             broker=broker_settings,
             telemetry=TelemetrySettings(device_id=device_id, fleet=fleet, base_topic=base_topic,
                                         metrics_interval=metrics_interval,
+                                        sample_rate=sample_rate,
+                                        sample_max_per_minute=sample_max_per_minute,
                                         reconnect_max_delay=reconnect_max_delay),
             max_batch=max_batch, intra_op_threads=threads),
         policy=InstallPolicy(arch=normalize_arch(arch) if arch else device_arch(),

@@ -1,4 +1,4 @@
-"""CLI commands of the train layer: ``edgeml train`` and ``edgeml models list|show|compare``.
+"""CLI commands of the train layer: ``edgeml train`` and ``edgeml models list|show|compare|alias``.
 
 Thin shell: parse arguments, call :func:`edgeml.train.workflow.train` or the
 :class:`~edgeml.train.registry.Registry`, render tables (rich) or JSON. Host libraries are
@@ -138,10 +138,13 @@ def models_list(name: str | None, registry: str | None, as_json: bool) -> None:
     table = Table(title=f"Models in {reg.root}")
     for col in ("ref", "family", "created (UTC)", "holdout", "data"):
         table.add_column(col, no_wrap=col in ("ref", "holdout", "created (UTC)"))
+    aliases = {n: reg.aliases(n) for n in {r["name"] for r in rows}}
     for r in rows:
         hold, key = r["holdout"], r["primary"]
         created = (r["created_at"] or "-").replace("T", " ")[:16]
-        table.add_row(r["ref"], r["family"] or "-", created,
+        tags = [a for a, v in aliases[r["name"]].items() if v == r["version"]]
+        table.add_row(r["ref"] + (f" ({', '.join(tags)})" if tags else ""), r["family"] or "-",
+                      created,
                       f"{key} {_fmt(hold[key], 3)}" if key in hold else "-",
                       (r["data_sha256"] or "-")[:8])
     out.print(table)
@@ -167,6 +170,18 @@ def models_show(ref: str, registry: str | None, as_json: bool) -> None:
     model, data = m.get("model", {}), m.get("data", {})
     click.echo(f"{entry.ref}  ({m.get('task')}, created {m.get('created_at')})")
     click.echo(f"path:   {entry.path}")
+    aliases = Registry(registry_dir(registry)).aliases_of(entry)
+    if aliases:
+        click.echo(f"alias:  {', '.join(aliases)}")
+    lineage = m.get("lineage")
+    if lineage:
+        fr = lineage["field"]
+        click.echo(f"parent: {lineage.get('parent')}  (retrain run {lineage.get('run_id')}; "
+                   f"{fr['train_rows']} + {fr['holdout_rows']} field rows from "
+                   f"{len(fr['devices'])} device(s), {fr['first_ts']} .. {fr['last_ts']})")
+    if m.get("comparison"):
+        click.echo(f"vs {m['comparison']['champion']}: {m['comparison']['decision']}: "
+                   f"{m['comparison']['reason']}")
     click.echo(f"model:  {model.get('family')}  {_params(model.get('params', {}))}")
     click.echo(f"cv:     {model.get('scoring')} {_fmt(model.get('cv_mean'))} ± "
                f"{_fmt(model.get('cv_std'))}")
@@ -200,10 +215,14 @@ def models_compare(ref_a: str, ref_b: str, registry: str | None, as_json: bool) 
     from rich.console import Console
     from rich.table import Table
 
+    from edgeml.train.compare import compare_holdouts
     from edgeml.train.registry import Registry, compare_entries
 
     reg = Registry(registry_dir(registry))
-    cmp = compare_entries(reg.resolve(ref_a), reg.resolve(ref_b))
+    entry_a, entry_b = reg.resolve(ref_a), reg.resolve(ref_b)
+    cmp = compare_entries(entry_a, entry_b)
+    paired = compare_holdouts(entry_a, entry_b)
+    cmp["holdouts"] = paired
     if as_json:
         print_json(cmp)
         return
@@ -220,5 +239,50 @@ def models_compare(ref_a: str, ref_b: str, registry: str | None, as_json: bool) 
             show = _fmt if section == "metrics" else str
             table.add_row(key, show(a), show(b), last)
         out.print(table)
+    if paired["holdouts"]:
+        table = Table(title=f"Paired on {cmp['b']}'s holdouts ({paired['metric']}; "
+                            "improvement = b better)")
+        for col in ("holdout", "rows", cmp["a"], cmp["b"], "improvement", "95% CI",
+                    "McNemar p"):
+            table.add_column(col)
+        for h in paired["holdouts"]:
+            table.add_row(h["holdout"], str(h["rows"]), _fmt(h["champion"]),
+                          _fmt(h["challenger"]), _fmt(h["delta"]),
+                          f"{_fmt(h['ci_low'])} .. {_fmt(h['ci_high'])}", _fmt(h["mcnemar_p"]))
+        out.print(table)
+    elif paired["note"]:
+        click.echo(f"holdouts: not compared ({paired['note']})")
     diffs = cmp["differences"]
     click.echo("differences: " + (", ".join(diffs) if diffs else "none"))
+
+
+@models.command("alias")
+@click.argument("ref")
+@click.argument("alias")
+@click.option("--delete", is_flag=True, help="Remove ALIAS instead of setting it (REF: NAME).")
+@registry_option
+@json_option
+def models_alias(ref: str, alias: str, delete: bool, registry: str | None, as_json: bool) -> None:
+    """Point ALIAS (champion, challenger...) of a model at REF (NAME@VERSION).
+
+    Afterwards NAME@ALIAS works wherever a model reference does. Aliases are stored in
+    <registry>/<name>/aliases.json, replaced atomically.
+    """
+    from edgeml.errors import UsageError
+    from edgeml.train.registry import Registry, parse_ref
+
+    reg = Registry(registry_dir(registry))
+    if delete:
+        name = parse_ref(ref.split("@")[0])[0]
+        aliases = reg.set_alias(name, alias, None)
+    else:
+        entry = reg.resolve(ref)
+        if "@" not in ref:
+            raise UsageError(f"{ref}: give the version to alias, e.g. {ref}@{entry.version}")
+        name = entry.name
+        aliases = reg.set_alias(name, alias, entry.version)
+    if as_json:
+        print_json({"name": name, "aliases": aliases})
+        return
+    shown = ", ".join(f"{a} -> {name}@{v}" for a, v in aliases.items()) or "none"
+    click.echo(f"aliases of {name}: {shown}")

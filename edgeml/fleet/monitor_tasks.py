@@ -1,4 +1,5 @@
-"""The monitor's periodic tasks: hourly roll-up, lost-window gauges, fleet evaluation.
+"""The monitor's periodic tasks: hourly roll-up, lost-window gauges, fleet evaluation, and the
+automatic retraining trigger (:mod:`edgeml.fleet.retrain_trigger`, with a ``retrain:`` section).
 
 Each is a callable ``task(monitor)`` run by :meth:`Monitor.add_task` on the monitor's
 maintenance thread (never on the ingest path).
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from edgeml.fleet.monitor import Monitor
 
-__all__ = ["Evaluation", "lost_windows_task", "retention_task"]
+__all__ = ["Evaluation", "add_retrain_task", "lost_windows_task", "retention_task"]
 
 
 def retention_task(monitor: Monitor) -> None:
@@ -63,3 +64,12 @@ class Evaluation:
             help_text, labels = helps[name]
             monitor.registry.gauge(name, help_text, labels).replace(values)
         self._names = set(by_name)
+
+
+def add_retrain_task(monitor: Monitor, evaluation: Evaluation) -> None:
+    """The retraining trigger, when the thresholds file has a ``retrain:`` section."""
+    from edgeml.fleet.retrain_trigger import RetrainTrigger
+
+    config = evaluation.config.thresholds.retrain
+    if config is not None:
+        monitor.add_task(config.interval_s, RetrainTrigger(config, monitor.store.url), "retrain")

@@ -113,6 +113,7 @@ class Thresholds:
     fleets: dict[str, dict[str, Any]] = field(default_factory=dict)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: str = DEFAULT_FILE
+    retrain: Any = None  # edgeml.fleet.retrain_trigger.RetrainConfig of a retrain: section
 
     def rules(self, fleet: str | None = None, model: str | None = None,
               version: int | None = None) -> Rules:
@@ -127,18 +128,21 @@ class Thresholds:
 
     def with_window(self, seconds: float) -> Thresholds:
         return Thresholds(seconds, self.min_rows, self.min_labels, self.defaults, self.fleets,
-                          self.models, self.source)
+                          self.models, self.source, self.retrain)
 
     @classmethod
     def from_dict(cls, raw: Any, source: str, base: dict[str, Any] | None = None) -> Thresholds:
         if not isinstance(raw, dict):
             raise UsageError(f"{source}: expected a mapping at the top level")
-        known = {"window", "min_rows", "min_labels", "defaults", "fleets", "models"}
+        known = {"window", "min_rows", "min_labels", "defaults", "fleets", "models", "retrain"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise UsageError(f"{source}: {unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+        from edgeml.fleet.retrain_trigger import parse_retrain
+
         base = base or {}
         merged = _merge(base, raw)
+        retrain = parse_retrain(raw.get("retrain"), source)  # the automatic retraining trigger
 
         def count(key: str) -> int:
             v = merged.get(key)
@@ -152,7 +156,7 @@ class Thresholds:
         out = cls(window_s=parse_duration(merged.get("window", "1h"), f"{source}: window"),
                   min_rows=count("min_rows"), min_labels=count("min_labels"),
                   defaults=merged.get("defaults") or {}, fleets=merged.get("fleets") or {},
-                  models=merged.get("models") or {}, source=source)
+                  models=merged.get("models") or {}, source=source, retrain=retrain)
         # validate every section now, not at the first evaluation
         scopes = [out.rules(), *(out.rules(fleet=f) for f in out.fleets),
                   *(out.rules(model=m.partition("@")[0], version=_version(m)) for m in out.models)]

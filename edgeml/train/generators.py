@@ -3,10 +3,13 @@
 - :func:`machine_health`: predictive-maintenance sensor readings with injected faults;
 - :func:`support_tickets`: short support tickets (free text) labelled with a category;
 - :func:`machine_load`: time-stamped readings whose load level follows a daily shift cycle
-  and the season.
+  and the season;
+- :func:`quality_check`: inline inspection of parts (``ok``/``reject``) under a labelling
+  rule that can change (:func:`quality_verdict`), with inputs that can shift: the world of
+  the retraining loop (``edgeml.fleet.fieldsim``, ``make demo-fleet``).
 
 ``python -m edgeml.train.generators [OUTDIR]`` regenerates ``machine_health.csv``,
-``support_tickets.csv`` and ``machine_load.csv`` byte-identically (default OUTDIR:
+``support_tickets.csv``, ``machine_load.csv`` and ``quality_check.csv`` byte-identically (default OUTDIR:
 ``models/data``).
 """
 
@@ -20,7 +23,8 @@ import pandas as pd
 
 from edgeml._files import atomic_write
 
-__all__ = ["DEFAULTS", "machine_health", "machine_load", "main", "support_tickets", "write_csv"]
+__all__ = ["DEFAULTS", "machine_health", "machine_load", "main", "quality_check", "quality_inputs",
+           "quality_verdict", "support_tickets", "write_csv"]
 
 # machine type -> (rpm, current A, temperature C, pressure bar, vibration mm/s RMS) means
 _MACHINES: dict[str, tuple[float, float, float, float, float]] = {
@@ -228,10 +232,62 @@ def machine_load(n_rows: int = 3000, seed: int = 13, days: int = 731) -> pd.Data
     return frame
 
 
+_LINES = ("north", "south", "east")
+_LINE_OFFSET = {"north": 0.0, "south": 0.35, "east": -0.35}
+# rule -> (nominal thickness mm, nominal temperature C): rule 2 is the new supplier's
+# material, thicker and cured hotter, so parts that rule 1 rejects are good under rule 2.
+_RULES = {1: (2.0, 60.0), 2: (2.7, 69.0)}
+
+
+def quality_inputs(n_rows: int, rng: np.random.Generator, shift: float = 0.0) -> pd.DataFrame:
+    """Parts as the inspection sees them; ``shift`` in [0, 1] moves thickness and temperature
+    from rule 1's material (0) to rule 2's (1)."""
+    line = rng.choice(_LINES, size=n_rows)
+    thickness = rng.normal(2.0 + 0.7 * shift, 0.18, n_rows)
+    temperature = rng.normal(60.0 + 9.0 * shift, 3.0, n_rows)
+    speed = rng.uniform(20.0, 40.0, n_rows)
+    return pd.DataFrame({
+        "line": line.astype(object),
+        "thickness_mm": np.round(thickness, 3),
+        "temperature_c": np.round(temperature, 1),
+        "speed_m_min": np.round(speed, 1),
+    })
+
+
+def quality_verdict(row: dict[str, object] | pd.DataFrame, rule: int = 1) -> object:
+    """The true label of a part under ``rule`` (1 or 2): ``reject`` when the part is too far
+    from the nominal thickness/temperature of its material, or run too fast when hot."""
+    nominal_t, nominal_c = _RULES[rule]
+    if isinstance(row, pd.DataFrame):
+        offset = row["line"].map(_LINE_OFFSET).fillna(0.0).to_numpy()
+        score = (np.abs(row["thickness_mm"].to_numpy() - nominal_t) * 5.0
+                 + np.abs(row["temperature_c"].to_numpy() - nominal_c) / 4.0
+                 + (row["speed_m_min"].to_numpy() - 30.0) / 10.0 + offset)
+        return np.where(score > 1.6, "reject", "ok").astype(object)
+    t, c = float(row["thickness_mm"]), float(row["temperature_c"])  # type: ignore[arg-type]
+    speed = float(row["speed_m_min"])  # type: ignore[arg-type]
+    score = (abs(t - nominal_t) * 5.0 + abs(c - nominal_c) / 4.0 + (speed - 30.0) / 10.0
+             + _LINE_OFFSET.get(str(row["line"]), 0.0))
+    return "reject" if score > 1.6 else "ok"
+
+
+def quality_check(n_rows: int = 1500, seed: int = 17, rule: int = 1, shift: float = 0.0,
+                  label_noise: float = 0.02) -> pd.DataFrame:
+    """Inspected parts with their ``verdict`` under ``rule`` (about 2 % label noise)."""
+    rng = np.random.default_rng(seed)
+    frame = quality_inputs(n_rows, rng, shift)
+    verdict = np.asarray(quality_verdict(frame, rule), dtype=object)
+    flip = rng.random(n_rows) < label_noise
+    verdict = np.where(flip, np.where(verdict == "ok", "reject", "ok"), verdict)
+    frame["verdict"] = verdict.astype(object)
+    return frame
+
+
 DEFAULTS = {
     "machine_health.csv": lambda: machine_health(2000, seed=7),
     "support_tickets.csv": lambda: support_tickets(1200, seed=11),
     "machine_load.csv": lambda: machine_load(3000, seed=13),
+    "quality_check.csv": lambda: quality_check(1500, seed=17),
 }
 
 

@@ -29,12 +29,16 @@ from edgeml.errors import RegistryError
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Comparison",
     "DataInfo",
     "Feature",
+    "FieldRows",
     "Files",
     "GateResult",
+    "HoldoutComparison",
     "HoldoutMetrics",
     "LeaderboardRow",
+    "Lineage",
     "ModelInfo",
     "ModelJson",
     "ReferenceProfile",
@@ -181,6 +185,68 @@ class Files(_Part):
     pipeline: str = "pipeline.joblib"
     holdout: str = "holdout.parquet"
     report: str = "report.html"
+    field_holdout: str | None = None  # retrained entries: the field holdout (optional)
+
+
+class FieldRows(_Part):
+    """``lineage.field``: the labelled field rows a retraining used (``edgeml.train.field``)."""
+
+    db: str  # the fleet store, password redacted
+    since: str | None = None
+    train_rows: int = Field(ge=0)  # field rows in the training data
+    holdout_rows: int = Field(ge=0)  # the newest field rows, held out for the comparison
+    first_ts: str | None = None
+    last_ts: str | None = None
+    devices: list[str] = Field(default_factory=list)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")  # of the valid rows, canonical JSON
+    excluded: dict[str, int] = Field(default_factory=dict)  # reason -> rows left out
+    weight: float = 1.0
+    weighting: Literal["sample_weight", "duplicate", "none"] = "none"
+    field_only: bool = False
+
+
+class ReferenceSource(_Part):
+    """``lineage.reference``: the rows the drift reference profile was computed on."""
+
+    source: Literal["field", "training"]
+    rows: int = Field(ge=0)
+
+
+class Lineage(_Part):
+    """``lineage``: where a retrained version comes from (absent: trained by ``edgeml train``)."""
+
+    parent: str | None = None  # NAME@VERSION it was retrained from (the champion)
+    run_id: int | None = None  # the fleet store's retrain_runs row
+    recipe_data_sha256: str | None = None
+    recipe_rows: int = Field(default=0, ge=0)  # recipe rows in the training data
+    field: FieldRows
+    reference: ReferenceSource | None = None  # what the drift reference profile was built from
+
+
+class HoldoutComparison(_Part):
+    """One holdout on which challenger and champion were scored, paired."""
+
+    holdout: Literal["recipe", "field"]
+    rows: int = Field(ge=0)
+    metric: str
+    higher_is_better: bool = True
+    champion: float | None = None
+    challenger: float | None = None
+    delta: float | None = None  # challenger - champion, in the metric's own direction
+    ci_low: float | None = None  # 95 % paired bootstrap interval of delta
+    ci_high: float | None = None
+    mcnemar_p: float | None = None  # classification: exact McNemar test on correctness
+
+
+class Comparison(_Part):
+    """``comparison``: the challenger against the champion (``edgeml.train.compare``)."""
+
+    champion: str
+    metric: str
+    margin: float
+    holdouts: list[HoldoutComparison] = Field(default_factory=list)
+    decision: Literal["challenger", "rejected"]
+    reason: str
 
 
 class ModelJson(_Part):
@@ -205,6 +271,8 @@ class ModelJson(_Part):
     reference_profile: ReferenceProfile = Field(default_factory=ReferenceProfile)
     derived: list[Derived] = Field(default_factory=list)  # datetime columns (optional, minor add)
     files: Files = Field(default_factory=Files)
+    lineage: Lineage | None = None  # retrained entries (optional, minor add)
+    comparison: Comparison | None = None  # retrained entries (optional, minor add)
 
     @field_validator("schema_version", mode="before")
     @classmethod
@@ -268,8 +336,18 @@ class ModelJson(_Part):
                              timezone=d.timezone) for d in self.derived]
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON values, exactly what ``model.json`` holds (no ``derived`` when none)."""
-        return self.model_dump(mode="json", exclude={"derived"} if not self.derived else None)
+        """Plain JSON values, exactly what ``model.json`` holds (optional parts only when set)."""
+        skip: set[str] = set()
+        if not self.derived:
+            skip.add("derived")
+        if self.lineage is None:
+            skip.add("lineage")
+        if self.comparison is None:
+            skip.add("comparison")
+        out = self.model_dump(mode="json", exclude=skip or None)
+        if out["files"].get("field_holdout") is None:
+            out["files"].pop("field_holdout", None)
+        return out
 
 
 def primary_metric(task: str, holdout: dict[str, Any], scoring: str | None,

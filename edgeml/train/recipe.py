@@ -184,11 +184,44 @@ class SplitSpec(_Spec):
     time_column: str | None = None
 
 
+SCHEDULER_RE = re.compile(r"^(tcp|tls|ws|wss|inproc)://\S+$")
+BACKEND_EXTRAS = {"dask": ("distributed", "edgeml[dask]"), "ray": ("ray", "edgeml[ray]")}
+
+
 class SearchSpec(_Spec):
+    """``search``: how candidates are searched, and where.
+
+    ``backend: local`` (default) fits in this process (``n_jobs`` joblib workers);
+    ``backend: dask`` sends the fits to the Dask cluster at ``scheduler``
+    (``tcp://HOST:PORT``) through joblib's ``dask`` backend; ``backend: ray`` to a Ray
+    cluster (``scheduler``: its address, or null for ``ray.init()``'s default). The
+    leaderboard is the same as a local run's for the same seed.
+    """
+
     method: Literal["grid", "random", "halving"] = "grid"
     n_iter: int = Field(default=20, gt=0)
     scoring: str | None = None
     n_jobs: int = 1
+    backend: Literal["local", "dask", "ray"] = "local"
+    scheduler: str | None = None
+    connect_timeout: float = Field(default=10.0, gt=0, le=600)  # seconds to reach the scheduler
+
+    def problem(self) -> tuple[str, str] | None:
+        """``(field, message)`` of what is wrong with backend/scheduler, or None."""
+        import importlib.util
+
+        if self.backend == "local":
+            return ("search.scheduler", "only with backend dask or ray") if self.scheduler else None
+        if self.backend == "dask" and self.scheduler is None:
+            return ("search.scheduler", "backend dask needs the scheduler's address, "
+                    "e.g. tcp://HOST:8786")
+        if self.scheduler is not None and not SCHEDULER_RE.match(self.scheduler):
+            return ("search.scheduler", f"{self.scheduler!r} is not an address like tcp://HOST:PORT")
+        module, extra = BACKEND_EXTRAS[self.backend]
+        if importlib.util.find_spec(module) is None:
+            return ("search.backend", f"{self.backend} needs the {module!r} package, which is "
+                    f"not installed: pip install '{extra}'")
+        return None
 
 
 class CandidateSpec(_Spec):
@@ -269,13 +302,23 @@ class Recipe(_Spec):
         return self.path.parent if self.path else Path.cwd()
 
     def to_dict(self) -> dict[str, Any]:
+        exclude: dict[str, Any] = {"path": True}
         if self.features.datetime is None:  # recipes without it hash as before it existed
-            return self.model_dump(mode="json", exclude={"path": True, "features": {"datetime"}})
-        return self.model_dump(mode="json", exclude={"path"})
+            exclude["features"] = {"datetime"}
+        if self.search.backend == "local":  # likewise for search.backend/scheduler
+            exclude["search"] = {"backend", "scheduler", "connect_timeout"}
+        return self.model_dump(mode="json", exclude=exclude)
 
     def sha256(self) -> str:
-        """Hash of the recipe's normalized content (not of the file's formatting)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Hash of the recipe's normalized content (not of the file's formatting).
+
+        Where the search runs (``search.backend``/``scheduler``/``connect_timeout``) is left
+        out: it does not change what is trained.
+        """
+        content = self.to_dict()
+        for key in ("backend", "scheduler", "connect_timeout"):
+            content["search"].pop(key, None)
+        blob = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -288,6 +331,9 @@ def parse_recipe(raw: Any, path: Path | str = "<recipe>") -> Recipe:
     except ValidationError as exc:
         raise RecipeError(path, *first_error(exc)) from exc
     recipe = recipe.model_copy(update={"path": Path(path)}) if str(path) != "<recipe>" else recipe
+    problem = recipe.search.problem()
+    if problem is not None:
+        raise RecipeError(path, problem[1], problem[0])
     validate_candidates(recipe)  # the catalog: families, params, and what cannot convert
     return recipe
 

@@ -8,7 +8,11 @@ every file and the folder are fsynced, and it is renamed into place in one ``os.
 folder is rebuilt for the next number. Readers never see a half-written version, and a
 power cut never leaves a version folder with empty files.
 
-References: ``name`` (latest version) or ``name@3``.
+References: ``name`` (latest version), ``name@3``, or ``name@champion`` (an alias).
+
+Aliases (``champion``, ``challenger``, as MLflow names them; any ``[a-z][a-z0-9-]*``) map a
+name to one version of a model. They live in ``<root>/<name>/aliases.json``
+(``{"champion": 1, "challenger": 2}``), replaced atomically on every change.
 """
 
 from __future__ import annotations
@@ -29,21 +33,33 @@ from edgeml._files import atomic_rename_dir
 from edgeml.errors import NotFoundError, RegistryError, UsageError
 from edgeml.train.model_json import ModelJson, read_model_json
 
-__all__ = ["Entry", "Registry", "compare_entries", "parse_ref", "summarize_entry"]
+__all__ = ["Entry", "Registry", "check_alias", "compare_entries", "parse_ref", "summarize_entry"]
 
 MODEL_JSON = "model.json"
 PIPELINE = "pipeline.joblib"
 HOLDOUT = "holdout.parquet"
 REPORT = "report.html"
+ALIASES = "aliases.json"
 REF_RE = re.compile(r"^([a-z0-9][a-z0-9-]*)(?:@([0-9]+))?$")
+ALIAS_REF_RE = re.compile(r"^([a-z0-9][a-z0-9-]*)@([a-z][a-z0-9-]{0,62})$")
+ALIAS_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
     """``"name"`` -> ``(name, None)``; ``"name@3"`` -> ``(name, 3)``."""
     m = REF_RE.match(ref.strip())
     if not m:
-        raise UsageError(f"invalid model reference {ref!r}; expected NAME or NAME@VERSION")
+        raise UsageError(f"invalid model reference {ref!r}; expected NAME, NAME@VERSION or "
+                         "NAME@ALIAS")
     return m.group(1), int(m.group(2)) if m.group(2) else None
+
+
+def check_alias(alias: str) -> str:
+    """An alias name (``champion``, ``challenger``...): ``[a-z][a-z0-9-]*``, not a number."""
+    if not ALIAS_RE.match(alias):
+        raise UsageError(f"invalid alias {alias!r}: use lowercase letters, digits and '-', "
+                         "starting with a letter (e.g. champion, challenger)")
+    return alias
 
 
 @dataclass(frozen=True)
@@ -155,8 +171,62 @@ class Registry:
         parts = [p for p in parts if not p.endswith("()")]
         return "; ".join(parts) if parts else "nothing registered yet"
 
+    # -- aliases -------------------------------------------------------------
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """``{alias: version}`` of ``name`` (empty when none was set)."""
+        import json
+
+        path = self.root / name / ALIASES
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"unreadable {path}: {exc}") from exc
+        if not isinstance(raw, dict) or not all(
+                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                for k, v in raw.items()):
+            raise RegistryError(f"{path}: must be a JSON object of alias -> version")
+        return dict(sorted(raw.items()))
+
+    def set_alias(self, name: str, alias: str, version: int | None) -> dict[str, int]:
+        """Point ``alias`` of ``name`` at ``version`` (None: remove it); the new aliases.
+
+        The file is replaced atomically; the version must exist.
+        """
+        import json
+
+        from edgeml._files import atomic_write
+
+        check_alias(alias)
+        if version is not None:
+            self.resolve(f"{name}@{version}")  # exists and readable
+        current = self.aliases(name)
+        if version is None:
+            current.pop(alias, None)
+        else:
+            current[alias] = version
+        blob = json.dumps(dict(sorted(current.items())), indent=2, sort_keys=True) + "\n"
+        atomic_write(self.root / name / ALIASES, blob)
+        return current
+
+    def aliases_of(self, entry: Entry) -> tuple[str, ...]:
+        """The aliases pointing at ``entry``."""
+        return tuple(a for a, v in self.aliases(entry.name).items() if v == entry.version)
+
     def resolve(self, ref: str) -> Entry:
-        """The entry for ``name`` (latest version) or ``name@version``."""
+        """The entry for ``name`` (latest version), ``name@version`` or ``name@alias``."""
+        m = ALIAS_REF_RE.match(ref.strip())
+        if m:
+            name, alias = m.group(1), m.group(2)
+            known = self.aliases(name)
+            if alias not in known:
+                shown = ", ".join(f"{a} -> {v}" for a, v in known.items()) or "none set"
+                raise NotFoundError(f"{name}@{alias}: no such alias in registry {self.root} "
+                                    f"(aliases of {name}: {shown}; set one with "
+                                    f"edgeml models alias {name}@VERSION {alias})")
+            ref = f"{name}@{known[alias]}"
         name, version = parse_ref(ref)
         versions = self.versions(name)
         if not versions:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from edgeml.train import htmlkit as hk
 
-__all__ = ["LEARNING_BUDGET_S", "LEARNING_ROWS", "write_report"]
+__all__ = ["LEARNING_BUDGET_S", "LEARNING_ROWS", "comparison_section", "write_report"]
 
 LEARNING_ROWS = 2000
 LEARNING_SIZES = (0.2, 0.5, 1.0)
@@ -260,6 +260,43 @@ def _task_sections(task: str, pipeline: Any, X: pd.DataFrame, y: Any, metrics: d
     return out
 
 
+def comparison_section(comparison: dict[str, Any]) -> str:
+    """Challenger vs champion: a table per holdout and a plot of the paired differences."""
+    holdouts = comparison.get("holdouts") or []
+    metric = comparison.get("metric")
+    rows = [(h.get("holdout"), h.get("rows"), h.get("champion"), h.get("challenger"),
+             h.get("delta"), h.get("ci_low"), h.get("ci_high"), h.get("mcnemar_p"))
+            for h in holdouts]
+    table = hk.table(["holdout", "rows", f"champion {metric}", f"challenger {metric}",
+                      "improvement", "95% CI low", "95% CI high", "McNemar p"], rows)
+    verdict = comparison.get("decision")
+    note = (f'<p class="{"pass" if verdict == "challenger" else "fail"}">'
+            f'{hk.esc(verdict)} (against {hk.esc(comparison.get("champion"))}): '
+            f'{hk.esc(comparison.get("reason"))}</p>')
+
+    def plot() -> str:
+        fig = hk.new_figure(5.0, 2.6)
+        ax = fig.add_subplot()
+        shown = [h for h in holdouts if h.get("delta") is not None]
+        ys = np.arange(len(shown))
+        deltas = np.asarray([h["delta"] for h in shown], dtype=float)
+        lo = deltas - np.asarray([h["ci_low"] for h in shown], dtype=float)
+        hi = np.asarray([h["ci_high"] for h in shown], dtype=float) - deltas
+        ax.errorbar(deltas, ys, xerr=[lo, hi], fmt="o", capsize=4)
+        ax.axvline(0.0, color="#999", lw=1)
+        margin = float(comparison.get("margin") or 0.0)
+        if margin:
+            ax.axvline(-margin, color="#d4a72c", lw=1, ls="--", label=f"-margin {margin:g}")
+            ax.legend(fontsize="small")
+        ax.set_yticks(ys, [f"{h['holdout']} ({h['rows']})" for h in shown])
+        ax.set(xlabel=f"challenger − champion, {metric} (positive: better)",
+               title="Paired difference, 95% bootstrap CI")
+        return hk.image(fig, "challenger vs champion")
+
+    return hk.section("Challenger vs champion", note + table
+                      + _guard("Paired differences", plot), "comparison")
+
+
 def write_report(
     path: Path,
     *,
@@ -276,6 +313,7 @@ def write_report(
     gates: Sequence[dict[str, Any]],
     classes: Sequence[str] | None,
     seed: int,
+    comparison: dict[str, Any] | None = None,
 ) -> Path:
     """Write the model's report.html atomically and return its path."""
     t0 = time.perf_counter()
@@ -290,6 +328,7 @@ def write_report(
         hk.section("Summary", summary, "summary"),
         hk.section("Holdout metrics", _metrics_table(metrics), "metrics"),
         hk.section("Gates", _gates_table(gates), "gates"),
+        *([comparison_section(comparison)] if comparison else []),
         hk.section("Leaderboard", _leaderboard_table(leaderboard), "leaderboard"),
         *_task_sections(task, pipeline, X_holdout, y_holdout, metrics, classes),
         _guard("Permutation importance", lambda: _importance(pipeline, X_holdout, y_holdout, task, seed)),

@@ -14,7 +14,16 @@ candidate keeps its *first* value of each parameter, CV columns are null, and th
 candidate wins.
 
 Warnings raised while fitting (e.g. ``ConvergenceWarning``) are collected per candidate
-and reported, not raised.
+and reported, not raised (only those raised in this process: with ``n_jobs`` > 1 or a
+cluster backend, the workers' warnings stay in the workers).
+
+Where the fits run (``search.backend``): ``local`` (this machine, ``n_jobs`` workers), or
+``dask`` / ``ray``: the fits of every candidate go to an existing cluster through joblib's
+backend of that name (``joblib.parallel_config``), with ``n_jobs`` 1 meaning "every worker
+of the cluster". The candidates, their grids and the CV splits are the same objects, seeded
+by ``split.seed``, and joblib returns the results in order, so the leaderboard equals a
+local run's (``tests/test_search_dask.py``). An unreachable scheduler is a RecipeError on
+``search.scheduler`` (exit 2) after ``search.connect_timeout`` seconds (10).
 """
 
 from __future__ import annotations
@@ -22,7 +31,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,11 +134,64 @@ def _num(x: Any) -> float | None:
     return None if math.isnan(v) else v
 
 
+@contextmanager
+def _backend(recipe: Recipe, console: Console) -> Iterator[int]:
+    """Run the block on the recipe's ``search.backend``; yields the searches' ``n_jobs``."""
+    s = recipe.search
+    path = recipe.path or "<recipe>"
+    problem = s.problem()
+    if problem is not None:  # a Recipe built without parse_recipe
+        raise RecipeError(path, problem[1], problem[0])
+    if s.backend == "local":
+        yield s.n_jobs
+        return
+    from joblib import parallel_config
+
+    n_jobs = -1 if s.n_jobs == 1 else s.n_jobs
+    if s.backend == "dask":
+        from distributed import Client
+
+        try:
+            client = Client(s.scheduler, timeout=s.connect_timeout)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise RecipeError(path, f"cannot reach the Dask scheduler at {s.scheduler} "
+                              f"(waited {s.connect_timeout:g} s): {exc}",
+                              "search.scheduler") from exc
+        try:
+            workers = len(client.scheduler_info().get("workers", {}))
+            console.print(f"  searching on dask {s.scheduler} ({workers} worker(s))",
+                          highlight=False, markup=False)
+            with parallel_config(backend="dask"):
+                yield n_jobs
+        finally:
+            client.close()
+        return
+    import ray  # (backend ray: only accepted when ray is importable)
+    from ray.util.joblib import register_ray
+
+    started = False
+    if not ray.is_initialized():
+        try:
+            ray.init(address=s.scheduler)
+        except (ConnectionError, OSError, TimeoutError, RuntimeError) as exc:
+            raise RecipeError(path, f"cannot reach the Ray cluster at {s.scheduler or 'auto'}: "
+                              f"{exc}", "search.scheduler") from exc
+        started = True
+    register_ray()
+    console.print(f"  searching on ray {s.scheduler or 'auto'}", highlight=False, markup=False)
+    try:
+        with parallel_config(backend="ray"):
+            yield n_jobs
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def _make_search(recipe: Recipe, pipe: Any, grid: dict[str, list[Any]], scorer: Any,
-                 cv: Any) -> Any:
+                 cv: Any, n_jobs: int) -> Any:
     s = recipe.search
     common: dict[str, Any] = {
-        "scoring": scorer, "cv": cv, "n_jobs": s.n_jobs, "refit": False, "error_score": "raise",
+        "scoring": scorer, "cv": cv, "n_jobs": n_jobs, "refit": False, "error_score": "raise",
     }
     if s.method == "random":
         size = len(ParameterGrid(grid))
@@ -157,8 +220,13 @@ def summarize_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
 
 
 def search(recipe: Recipe, X: pd.DataFrame, y: pd.Series | None, kinds: Mapping[str, str],
-           cv: Any, *, console: Console | None = None) -> SearchResult:
-    """Search every candidate of ``recipe`` on the training part; rank them."""
+           cv: Any, *, console: Console | None = None,
+           sample_weight: Any = None) -> SearchResult:
+    """Search every candidate of ``recipe`` on the training part; rank them.
+
+    ``sample_weight`` (one weight per row of ``X``) is passed to the model step's ``fit``
+    (``model__sample_weight``, split with the folds); every candidate must accept it.
+    """
     console = console or Console(stderr=True)
     path = recipe.path or "<recipe>"
     task, seed = recipe.task, recipe.split.seed
@@ -171,7 +239,7 @@ def search(recipe: Recipe, X: pd.DataFrame, y: pd.Series | None, kinds: Mapping[
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True, disable=not console.is_terminal,
     )
-    with progress:
+    with _backend(recipe, console) as n_jobs, progress:
         bar = progress.add_task("searching", total=len(recipe.candidates))
         for i, cand in enumerate(recipe.candidates):
             fam = get_family(cand.family, task, path=path, where=f"candidates[{i}].family")
@@ -190,9 +258,12 @@ def search(recipe: Recipe, X: pd.DataFrame, y: pd.Series | None, kinds: Mapping[
                 else:
                     n_fits = _n_fits(recipe, grid, cv)
                     progress.update(bar, description=f"{cand.family} ({n_fits} fits)")
-                    searcher = _make_search(recipe, pipe, grid, scorer, cv)
+                    searcher = _make_search(recipe, pipe, grid, scorer, cv, n_jobs)
                     try:
-                        searcher.fit(X, y)
+                        if sample_weight is None:
+                            searcher.fit(X, y)
+                        else:
+                            searcher.fit(X, y, model__sample_weight=np.asarray(sample_weight))
                     except EdgeMLError:
                         raise
                     except (ValueError, TypeError, IndexError) as exc:
