@@ -27,10 +27,10 @@ lint: install
 	$(BIN)/mypy edgeml
 
 test: install lint
-	$(PYTEST) -q
+	$(PYTEST) -q --durations=25
 
 test-slow: install
-	$(PYTEST) -q -m slow
+	$(PYTEST) -q -m slow --durations=25
 
 # The dashboard's browser tests: Debian's Chromium driven by Playwright (part of `make test`).
 chromium:
