@@ -7,7 +7,9 @@ The bundle factories stay importable as modules for the tests that build odd cas
 - ``runtime_bundles``: a shipped recipe trained and packaged for x86_64 (cached per session);
 - ``_mqtt_support.make_bundle``: the pump bundle of the MQTT tests.
 
-The fixtures below wrap the common cases so that a test asks for what it needs by name.
+The fixtures below wrap the common cases so that a test asks for what it needs by name; the
+agent tests' ``base``, ``device``, ``watcher``, ``server`` and ``start_agent`` come from
+``agent_fixtures`` (a module that defines its own fixture of one of these names keeps it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agent_fixtures import base, device, server, start_agent, watcher  # noqa: F401
 
 MODEL_JSON_FEATURES = [
     {"name": "x", "kind": "numeric", "dtype": "float32", "nullable": True, "categories": None,

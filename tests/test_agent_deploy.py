@@ -10,26 +10,21 @@ import http.client
 import json
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from agent_support import (
-    BROKER,
     ROW,
     AgentProcess,
     Watcher,
     make_bundle,
-    unique_base,
 )
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeml.agent.chunkserver import ChunkServer
 from edgeml.agent.protocol import CHUNK_HEADER, Command, Gates, encode_chunk
-from edgeml.runtime.settings import BrokerSettings
 
 CHUNK = 64 * 1024
 
@@ -50,49 +45,6 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "v2-arm": make_bundle(out, 2, arch="aarch64", target="rpi4"),
         "pub": pub,
     }
-
-
-@pytest.fixture
-def base() -> str:
-    return unique_base()
-
-
-@pytest.fixture
-def device() -> str:
-    return f"dev-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def watcher(base: str) -> Iterator[Watcher]:
-    w = Watcher(base)
-    yield w
-    w.close()
-
-
-@pytest.fixture
-def server(base: str) -> Iterator[ChunkServer]:
-    cs = ChunkServer(BrokerSettings.from_url(BROKER), base).start()
-    yield cs
-    cs.stop()
-
-
-@pytest.fixture
-def start_agent(tmp_path: Path, base: str, device: str,
-                watcher: Watcher) -> Iterator[Callable[..., AgentProcess]]:
-    """Start an agent and wait until its deploy link is subscribed (its first status)."""
-    started: list[AgentProcess] = []
-
-    def start(*args: str, state: Path | None = None, **kwargs: Any) -> AgentProcess:
-        since = len(watcher.reports)
-        agent = AgentProcess(state or tmp_path / "state", base, device, *args, **kwargs)
-        started.append(agent)
-        watcher.wait("status", device=device, since=since, timeout=30)
-        return agent
-
-    yield start
-    for agent in started:
-        agent.stop()
-        agent.read_stderr()
 
 
 def test_transfer_install_commit(start_agent: Callable[..., AgentProcess], watcher: Watcher,

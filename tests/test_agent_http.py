@@ -12,14 +12,13 @@ import hashlib
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_support import BROKER, AgentProcess, Watcher, make_bundle, unique_base
+from agent_support import BROKER, AgentProcess, Watcher, make_bundle
 
 from edgeml.agent.chunkserver import ChunkServer
 from edgeml.agent.http_fetch import HttpFetch
@@ -138,46 +137,11 @@ def http() -> Iterator[RangeServer]:
 
 
 @pytest.fixture
-def base() -> str:
-    return unique_base()
-
-
-@pytest.fixture
-def device() -> str:
-    return f"dev-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def watcher(base: str) -> Iterator[Watcher]:
-    w = Watcher(base)
-    yield w
-    w.close()
-
-
-@pytest.fixture
 def chunks(base: str) -> Iterator[ChunkServer]:
     """Sends the commands; also answers MQTT chunk requests (the tests check none came)."""
     cs = ChunkServer(BrokerSettings.from_url(BROKER), base).start()
     yield cs
     cs.stop()
-
-
-@pytest.fixture
-def start_agent(tmp_path: Path, base: str, device: str,
-                watcher: Watcher) -> Iterator[Callable[..., AgentProcess]]:
-    started: list[AgentProcess] = []
-
-    def start(*args: str, **kwargs: Any) -> AgentProcess:
-        since = len(watcher.reports)
-        agent = AgentProcess(tmp_path / "state", base, device, *args, **kwargs)
-        started.append(agent)
-        watcher.wait("status", device=device, since=since, timeout=30)
-        return agent
-
-    yield start
-    for agent in started:
-        agent.stop()
-        agent.read_stderr()
 
 
 def _deploy(chunks: ChunkServer, http: RangeServer, device: str, ident: str, bundle: Path,

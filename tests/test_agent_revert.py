@@ -11,18 +11,16 @@ import http.client
 import json
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_support import BROKER, ROW, AgentProcess, Watcher, make_bundle, unique_base
+from agent_support import ROW, AgentProcess, Watcher, make_bundle
 
 from edgeml.agent import machine as m
 from edgeml.agent.chunkserver import ChunkServer
 from edgeml.agent.protocol import Command
-from edgeml.runtime.settings import BrokerSettings
 
 CHUNK = 64 * 1024
 AFTER_COMMIT = "rolled back by the controller after commit"
@@ -33,49 +31,6 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("revert-bundles")
     return {"v1": make_bundle(out, 1), "v2": make_bundle(out, 2, pad=100 * 1024),
             "v3": make_bundle(out, 3, pad=50 * 1024)}
-
-
-@pytest.fixture
-def base() -> str:
-    return unique_base()
-
-
-@pytest.fixture
-def device() -> str:
-    return f"dev-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def watcher(base: str) -> Iterator[Watcher]:
-    w = Watcher(base)
-    yield w
-    w.close()
-
-
-@pytest.fixture
-def server(base: str) -> Iterator[ChunkServer]:
-    cs = ChunkServer(BrokerSettings.from_url(BROKER), base).start()
-    yield cs
-    cs.stop()
-
-
-@pytest.fixture
-def start_agent(tmp_path: Path, base: str, device: str,
-                watcher: Watcher) -> Iterator[Callable[..., AgentProcess]]:
-    started: list[AgentProcess] = []
-
-    def start(*args: str, wait_status: bool = True, **kwargs: Any) -> AgentProcess:
-        since = len(watcher.reports)
-        agent = AgentProcess(tmp_path / "state", base, device, *args, **kwargs)
-        started.append(agent)
-        if wait_status:
-            watcher.wait("status", device=device, since=since, timeout=30)
-        return agent
-
-    yield start
-    for agent in started:
-        agent.stop()
-        agent.read_stderr()
 
 
 def _install(server: ChunkServer, watcher: Watcher, device: str, ident: str,

@@ -260,7 +260,7 @@ def _run(recipe: Recipe, reg: Registry, parent: Entry, set_champion: bool, store
     from edgeml.train.search import search
     from edgeml.train.split import cv_splitter, holdout_split
     from edgeml.train.steps import FAMILIES
-    from edgeml.train.workflow import _jsonable, _libraries, _load, check_gates
+    from edgeml.train.workflow import _jsonable, _libraries, _load, check_gates, predict_outputs
 
     t0 = time.perf_counter()
     task, seed = recipe.task, recipe.split.seed
@@ -323,12 +323,7 @@ def _run(recipe: Recipe, reg: Registry, parent: Entry, set_champion: bool, store
         notes["refit"] = refit
 
     classes = [str(c) for c in pipeline.classes_] if task == "classification" else None
-    pred_hold = pipeline.predict(split.X_holdout)
-    kwargs: dict[str, Any] = {}
-    if task == "classification":
-        kwargs = {"proba": pipeline.predict_proba(split.X_holdout), "classes": classes}
-    elif task == "anomaly":
-        kwargs = {"scores": pipeline.decision_function(split.X_holdout)}
+    pred_hold, kwargs = predict_outputs(task, pipeline, split.X_holdout)
     metrics = _jsonable(evaluate(task, split.y_holdout, pred_hold, **kwargs))
     gates = check_gates(recipe, metrics)
     failed = [g for g in gates if not g["passed"]]
@@ -366,12 +361,7 @@ def _run(recipe: Recipe, reg: Registry, parent: Entry, set_champion: bool, store
     # data. Older field rows may predate the change that made the model retrain.
     if len(f_hold) >= MIN_FIELD_REFERENCE:
         ref_X = f_hold.X.reset_index(drop=True)
-        ref_pred = pipeline.predict(f_hold.X)
-        ref_kw: dict[str, Any] = {}
-        if task == "classification":
-            ref_kw = {"proba": pipeline.predict_proba(f_hold.X)}
-        elif task == "anomaly":
-            ref_kw = {"scores": pipeline.decision_function(f_hold.X)}
+        ref_pred, ref_kw = predict_outputs(task, pipeline, f_hold.X)
         profile = reference_profile(ref_X, kinds, task=task, predictions=ref_pred,
                                     proba=ref_kw.get("proba"), scores=ref_kw.get("scores"),
                                     y_true=f_hold.y)

@@ -103,6 +103,18 @@ def check_gates(recipe: Recipe, metrics: dict[str, Any]) -> list[dict[str, Any]]
     return out
 
 
+def predict_outputs(task: str, pipeline: Any, X: pd.DataFrame) -> tuple[Any, dict[str, Any]]:
+    """A fitted pipeline's predictions on ``X`` and the extras :func:`evaluate` and the
+    reference profile take: ``proba`` and ``classes`` (classifiers), ``scores`` (anomaly)."""
+    pred = pipeline.predict(X)
+    if task == "classification":
+        return pred, {"proba": pipeline.predict_proba(X),
+                      "classes": [str(c) for c in pipeline.classes_]}
+    if task == "anomaly":
+        return pred, {"scores": pipeline.decision_function(X)}
+    return pred, {}
+
+
 def _jsonable(obj: Any) -> Any:
     """Plain JSON values: numpy scalars/arrays unwrapped, NaN/inf -> None."""
     if isinstance(obj, dict):
@@ -201,12 +213,7 @@ def train(recipe: Recipe | Path | str, *, data: Path | None = None, registry: Pa
         notes["refit"] = refit_notes
 
     classes = [str(c) for c in pipeline.classes_] if task == "classification" else None
-    pred_hold = pipeline.predict(split.X_holdout)
-    kwargs: dict[str, Any] = {}
-    if task == "classification":
-        kwargs = {"proba": pipeline.predict_proba(split.X_holdout), "classes": classes}
-    elif task == "anomaly":
-        kwargs = {"scores": pipeline.decision_function(split.X_holdout)}
+    pred_hold, kwargs = predict_outputs(task, pipeline, split.X_holdout)
     metrics = _jsonable(evaluate(task, split.y_holdout, pred_hold, **kwargs))
     gates = check_gates(recipe, metrics)
     failed = [g for g in gates if not g["passed"]]
