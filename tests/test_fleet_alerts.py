@@ -192,7 +192,11 @@ def test_alerts_of_a_version_the_device_no_longer_serves_are_resolved(
         Fleet(store, Predictor(v2_path)).announce("d1", now=T0 + 35)  # d1 now serves v2
         with store.session() as s:
             r = evaluate(s, _at(T0 + 40), config)
+        with store.session() as s:  # d1's v1 windows are still in the window: not reopened
+            again = evaluate(s, _at(T0 + 45), config)
         after = {a.id: a for a in _rows(store)}
+        assert not [c for c in again.opened if c.device == "d1"]
+        assert not [a for a in after.values() if a.device == "d1" and a.resolved_at is None]
     d1 = [after[a.id] for a in before if a.device == "d1"]
     d2 = [after[a.id] for a in before if a.device in ("d2", None)]  # and the fleet's: d2 runs v1
     assert d1 and all(a.resolved_at == _at(T0 + 40) for a in d1)

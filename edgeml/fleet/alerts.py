@@ -105,11 +105,15 @@ def reconcile(session: Session, now: datetime, conditions: Iterable[Condition],
     """
     hold = hold or set()
     t = cast(Table, Alert.__table__)
-    current: dict[Key, Condition] = {}
-    for c in conditions:
-        current.setdefault(c.key, c)  # the first condition of a key wins (the caller orders them)
+    conditions = list(conditions)
     open_rows = session.execute(select(t).where(t.c.resolved_at.is_(None))).all()
-    superseded = _superseded(session, open_rows)
+    gone = _Superseded(session, [(r.fleet, r.device, r.model_name, r.model_version)
+                                 for r in open_rows]
+                       + [(c.fleet, c.device, c.model, c.version) for c in conditions])
+    current: dict[Key, Condition] = {}
+    for c in conditions:  # the first condition of a key wins (the caller orders them)
+        if not gone(c.fleet, c.device, c.model, c.version):  # nobody serves it any more
+            current.setdefault(c.key, c)
     open_keys: dict[Key, Any] = {}
     resolved: list[AlertChange] = []
     for row in open_rows:
@@ -118,13 +122,14 @@ def reconcile(session: Session, now: datetime, conditions: Iterable[Condition],
             _resolve(session, row.id, now)
             continue
         open_keys[key] = row
-        if row.id in superseded or (key not in current and key[:5] in judged
-                                    and key not in hold):
+        superseded = gone(row.fleet, row.device, row.model_name, row.model_version)
+        if superseded or (key not in current and key[:5] in judged and key not in hold):
             _resolve(session, row.id, now)
             resolved.append(_change("resolved", row.id, row, now))
     opened: list[AlertChange] = []
+    resolved_ids = {c.id for c in resolved}
     for key, c in current.items():
-        if key in open_keys:
+        if key in open_keys and open_keys[key].id not in resolved_ids:
             session.execute(update(t).where(t.c.id == open_keys[key].id)
                             .values(value=c.value, threshold=c.threshold, message=c.message))
             continue
@@ -139,32 +144,35 @@ def reconcile(session: Session, now: datetime, conditions: Iterable[Condition],
     return opened, resolved, still_open
 
 
-def _superseded(session: Session, open_rows: Sequence[Any]) -> set[int]:
-    """Ids of open alerts about a model version nobody they concern serves any more."""
-    versioned = [r for r in open_rows if r.model_name is not None and r.model_version is not None]
-    if not versioned:
-        return set()
-    d = cast(Table, Device.__table__)
-    pairs = {(r.fleet, r.device) for r in versioned if r.device is not None}
-    serving: dict[tuple[str, str], tuple[str | None, int | None]] = {}
-    if pairs:
-        rows = session.execute(select(d.c.fleet, d.c.device, d.c.model_name, d.c.model_version)
-                               .where(tuple_(d.c.fleet, d.c.device).in_(sorted(pairs))))
-        serving = {(r.fleet, r.device): (r.model_name, r.model_version) for r in rows}
-    served = {(r.model_name, r.model_version) for r in session.execute(
-        select(d.c.model_name, d.c.model_version).distinct())}
-    out: set[int] = set()
-    for r in versioned:
-        mine = (r.model_name, r.model_version)
-        if r.device is not None:
-            now_serving = serving.get((r.fleet, r.device))
+class _Superseded:
+    """Tells whether an alert's subject is a model version nobody it concerns serves any more:
+    its device reports another version of that model, or (fleet-wide) no device runs it."""
+
+    def __init__(self, session: Session, subjects: Sequence[tuple[Any, Any, Any, Any]]) -> None:
+        d = cast(Table, Device.__table__)
+        pairs = {(f, dev) for f, dev, m, v in subjects if dev is not None and m is not None
+                 and v is not None}
+        self.serving: dict[tuple[str, str], tuple[Any, Any]] = {}
+        if pairs:
+            rows = session.execute(select(d.c.fleet, d.c.device, d.c.model_name,
+                                          d.c.model_version)
+                                   .where(tuple_(d.c.fleet, d.c.device).in_(sorted(pairs))))
+            self.serving = {(r.fleet, r.device): (r.model_name, r.model_version) for r in rows}
+        self.served: set[tuple[Any, Any]] = set()
+        if any(dev is None and m is not None and v is not None for _, dev, m, v in subjects):
+            self.served = {(r.model_name, r.model_version) for r in session.execute(
+                select(d.c.model_name, d.c.model_version).distinct())}
+
+    def __call__(self, fleet: Any, device: Any, model: Any, version: Any) -> bool:
+        if model is None or version is None:
+            return False
+        if device is not None:
+            now = self.serving.get((fleet, device))
             # only when the device reports another version of the same model
-            if now_serving is not None and now_serving[0] == r.model_name \
-                    and now_serving[1] is not None and now_serving != mine:
-                out.add(int(r.id))
-        elif served and mine not in served and any(n == r.model_name for n, _ in served):
-            out.add(int(r.id))
-    return out
+            return (now is not None and now[0] == model and now[1] is not None
+                    and now[1] != version)
+        return bool(self.served) and (model, version) not in self.served \
+            and any(n == model for n, _ in self.served)
 
 
 def _resolve(session: Session, alert_id: int, now: datetime) -> None:
