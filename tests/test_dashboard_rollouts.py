@@ -12,6 +12,7 @@ import asyncio
 import re
 import shutil
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from edgeml.fleet.dashboard import DashboardServer, create_app
 from edgeml.fleet.db import Store, open_store
 from edgeml.fleet.ingest import Parsed, classify
 from edgeml.fleet.migrate import upgrade
+from edgeml.fleet.schema import RetrainRun
 from edgeml.fleet.writer import Item, Writer
 
 ESCAPED = "&lt;script&gt;window.__xss=1&lt;/script&gt;"
@@ -46,6 +48,16 @@ def _fill(store: Store) -> dict[str, Any]:
         assert isinstance(parsed, Parsed)
         items.append(Item(topic, b"ready", parsed))
     Writer(store).write(items)
+    now = datetime.now(timezone.utc)
+    with store.engine.begin() as conn:  # two retrainings, as edgeml retrain records them
+        conn.execute(RetrainRun.__table__.insert(), [
+            {"model_name": "toy-fleet", "state": "promoted", "trigger": "decay", "version": 2,
+             "deployment_id": "r-done", "reason": None, "host": "h",
+             "started_at": now - timedelta(hours=3), "finished_at": now - timedelta(hours=2)},
+            {"model_name": "toy-fleet", "state": "rejected", "trigger": "manual", "version": 3,
+             "deployment_id": None, "reason": XSS, "host": "h",
+             "started_at": now - timedelta(minutes=5),
+             "finished_at": now - timedelta(minutes=4)}])
     return made
 
 
@@ -72,6 +84,19 @@ def app(request: pytest.FixtureRequest, sqlite_url: tuple[str, dict[str, Any]]) 
             yield app
         finally:
             app.app.state.store.dispose()
+
+
+def test_the_list_shows_the_retrainings_newest_first_escaped(app: Any) -> None:
+    data = get(app, "/api/rollouts").json()
+    assert [(r["state"], r["trigger"], r["version"]) for r in data["retrains"]] == [
+        ("rejected", "manual", 3), ("promoted", "decay", 2)]
+    assert data["retrains"][0]["reason"] == XSS and data["retrains"][1]["deployment_id"] == "r-done"
+    page = get(app, "/rollouts").text
+    rows = re.findall(r'<tr class="retrain rr-(\w+)" data-id="(\d+)"', page)
+    assert [state for state, _ in rows] == ["rejected", "promoted"]
+    promoted = page.split(f'data-id="{rows[1][1]}"')[1].split("</tr>")[0]
+    assert 'href="/rollouts/r-done"' in promoted
+    assert XSS not in page and "&lt;script&gt;" in page
 
 
 def test_the_list_shows_running_first_then_newest(app: Any) -> None:

@@ -79,7 +79,9 @@ PATHS: dict[str, Any] = {
         "completed, rolled_back, cancelled), stage_number of stage_count with the stages' "
         "cumulative fractions (devices and committed per stage), devices per state (pending, "
         "sent, downloading, verified, switched, committed, rolled_back, failed, skipped), "
-        "gates, soak, the reason when halted, created_at and updated_at; counts per state.",
+        "gates, soak, the reason when halted, created_at and updated_at; counts per state; "
+        "retrains: the newest retrain runs (id, model, state, trigger, version, deployment_id, "
+        "reason, started_at, finished_at).",
         schema="Rollouts"),
     "/api/rollouts/{id}": _get(
         "One rollout",
@@ -116,7 +118,8 @@ def openapi(version: str) -> dict[str, Any]:
                     "generated_at": {"type": "string", "format": "date-time"},
                     "states": {"type": "array", "items": {"type": "string"}},
                     "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
-                    "rollouts": {"type": "array", "items": {"type": "object"}}}},
+                    "rollouts": {"type": "array", "items": {"type": "object"}},
+                    "retrains": {"type": "array", "items": {"type": "object"}}}},
                 "Error": {"type": "object", "required": ["error"], "properties": {
                     "error": {"type": "object", "required": ["status", "message"],
                               "properties": {"status": {"type": "integer"},

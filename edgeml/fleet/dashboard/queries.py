@@ -35,6 +35,7 @@ from edgeml.fleet.schema import (
     DeploymentDevice,
     Device,
     MetricsWindow,
+    RetrainRun,
 )
 from edgeml.fleet.thresholds import Thresholds, load_thresholds
 from edgeml.fleet.views import _iso, alerts_table, devices_table
@@ -153,6 +154,7 @@ DEVICE_STATES = ("pending", "sent", "downloading", "verified", "switched", "comm
 EVENTS_LIMIT = 200
 DEVICE_DEPLOYS_LIMIT = 20
 ROLLOUTS_LIMIT = 500
+RETRAINS_LIMIT = 50
 
 
 def _counts(states: dict[str, int]) -> dict[str, int]:
@@ -187,9 +189,11 @@ def _running_first(d: Any) -> Any:
 
 
 def rollouts_data(store: Store, *, limit: int = ROLLOUTS_LIMIT) -> dict[str, Any]:
-    """Every deployment (running first, then newest), its stage and its devices per state.
+    """Every deployment (running first, then newest), its stage and its devices per state,
+    and the newest retrainings (the loop that ships challengers as rollouts).
 
-    Two queries: the deployments, and their devices counted per (deployment, stage, state).
+    Three queries: the deployments, their devices counted per (deployment, stage, state),
+    the retrain runs.
     """
     d, dd = Deployment.__table__, DeploymentDevice.__table__
     cols = [c for c in d.c if c.name != "details"]
@@ -206,10 +210,21 @@ def rollouts_data(store: Store, *, limit: int = ROLLOUTS_LIMIT) -> dict[str, Any
         by_state.setdefault(dep, {})
         by_state[dep][state] = by_state[dep].get(state, 0) + int(n)
         by_stage.setdefault(dep, {}).setdefault(int(stage), {})[state] = int(n)
+        rr = RetrainRun.__table__
+        retrains = session.execute(select(rr.c.id, rr.c.model_name, rr.c.state, rr.c.trigger,
+                                          rr.c.version, rr.c.deployment_id, rr.c.reason,
+                                          rr.c.started_at, rr.c.finished_at)
+                                   .order_by(rr.c.started_at.desc(), rr.c.id.desc())
+                                   .limit(RETRAINS_LIMIT)).all()
     rollouts = [_rollout(r, _counts(by_state.get(r.id, {})), by_stage.get(r.id, {})) for r in rows]
     return {"generated_at": _iso(datetime.now().astimezone()), "states": list(DEVICE_STATES),
             "counts": {s: sum(r["state"] == s for r in rollouts) for s in DEPLOYMENT_STATES},
-            "rollouts": rollouts}
+            "rollouts": rollouts,
+            "retrains": [{"id": int(x.id), "model": x.model_name, "state": x.state,
+                          "trigger": x.trigger, "version": x.version,
+                          "deployment_id": x.deployment_id, "reason": x.reason,
+                          "started_at": _iso(x.started_at), "finished_at": _iso(x.finished_at)}
+                         for x in retrains]}
 
 
 def _event(x: Any) -> dict[str, Any]:

@@ -132,6 +132,19 @@
     });
     fill(document.getElementById("rollout-rows"), data.rollouts, listRow, 10,
       "No rollout yet: edgeml deploy BUNDLE --fleet F starts one.");
+    fill(document.getElementById("retrain-rows"), data.retrains || [], retrainRow, 9,
+      "No retraining yet: edgeml retrain RECIPE --db URL, or the monitor's retrain: trigger.");
+  }
+
+  function retrainRow(x) {
+    const tr = E.el("tr", "retrain rr-" + x.state);
+    tr.dataset.id = String(x.id);
+    tr.append(td(String(x.id), "num"), td(dash(x.model)), td(badge("rr", x.state)),
+      td(dash(x.trigger)), td(dash(x.version), "num"),
+      td(x.deployment_id ? a(x.deployment_id, rolloutLink(x.deployment_id)) : "–"),
+      td(dash(x.reason), "reason"), td(dash(x.started_at), "time"),
+      td(dash(x.finished_at), "time"));
+    return tr;
   }
 
   /* one rollout */
