@@ -175,6 +175,7 @@ def test_dropped_connection_resumes_with_range_and_a_token(
     assert not list((state / "slots/b").glob("download.*"))
 
 
+@pytest.mark.slow
 def test_kill_9_mid_download_resumes_from_the_first_missing_chunk(
         start_agent: Callable[..., AgentProcess], watcher: Watcher, chunks: ChunkServer,
         http: RangeServer, device: str, bundles: dict[str, Path]) -> None:

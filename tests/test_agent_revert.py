@@ -139,6 +139,7 @@ def test_rollback_after_commit(start_agent: Callable[..., AgentProcess], watcher
     assert json.loads((state / "current").read_text()) == {"slot": "b", "previous": "a"}
 
 
+@pytest.mark.slow
 def test_kill_9_during_the_revert_finishes_it(start_agent: Callable[..., AgentProcess],
                                               watcher: Watcher, server: ChunkServer,
                                               device: str, bundles: dict[str, Path],

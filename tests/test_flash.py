@@ -330,6 +330,7 @@ def _stub_wheel() -> tuple[str, bytes]:
     return "wheels/edgeml-9.9.9-py3-none-any.whl", buf.getvalue()
 
 
+@pytest.mark.slow
 def test_install_script_installs_from_the_wheels_with_no_index(tmp_path: Path) -> None:
     manifest, files = tiny_bundle.members()
     del files[MANIFEST]
