@@ -18,11 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_support import BROKER, AgentProcess, Watcher, make_bundle, unique_base
+from agent_support import AgentProcess, Watcher, make_bundle
 
 from edgeml.agent.chunkserver import ChunkServer
 from edgeml.agent.machine import MAX_ATTEMPTS, RESUME
-from edgeml.runtime.settings import BrokerSettings
 
 CHUNK = 64 * 1024
 
@@ -41,25 +40,6 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("crash-bundles")
     return {"v1": make_bundle(out, 1), "v2": make_bundle(out, 2, pad=300 * 1024),
             "big": make_bundle(out, 3, pad=3 * 1024 * 1024)}
-
-
-@pytest.fixture
-def base() -> str:
-    return unique_base()
-
-
-@pytest.fixture
-def watcher(base: str) -> Iterator[Watcher]:
-    w = Watcher(base)
-    yield w
-    w.close()
-
-
-@pytest.fixture
-def server(base: str) -> Iterator[ChunkServer]:
-    cs = ChunkServer(BrokerSettings.from_url(BROKER), base).start()
-    yield cs
-    cs.stop()
 
 
 def test_the_table_covers_every_state_that_resumes() -> None:
