@@ -204,18 +204,18 @@ def rollouts_data(store: Store, *, limit: int = ROLLOUTS_LIMIT) -> dict[str, Any
             select(dd.c.deployment_id, dd.c.stage, dd.c.state, func.count())
             .where(dd.c.deployment_id.in_(ids))
             .group_by(dd.c.deployment_id, dd.c.stage, dd.c.state)).all() if ids else []
-    by_state: dict[str, dict[str, int]] = {}
-    by_stage: dict[str, dict[int, dict[str, int]]] = {}
-    for dep, stage, state, n in grouped:
-        by_state.setdefault(dep, {})
-        by_state[dep][state] = by_state[dep].get(state, 0) + int(n)
-        by_stage.setdefault(dep, {}).setdefault(int(stage), {})[state] = int(n)
         rr = RetrainRun.__table__
         retrains = session.execute(select(rr.c.id, rr.c.model_name, rr.c.state, rr.c.trigger,
                                           rr.c.version, rr.c.deployment_id, rr.c.reason,
                                           rr.c.started_at, rr.c.finished_at)
                                    .order_by(rr.c.started_at.desc(), rr.c.id.desc())
                                    .limit(RETRAINS_LIMIT)).all()
+    by_state: dict[str, dict[str, int]] = {}
+    by_stage: dict[str, dict[int, dict[str, int]]] = {}
+    for dep, stage, state, n in grouped:
+        by_state.setdefault(dep, {})
+        by_state[dep][state] = by_state[dep].get(state, 0) + int(n)
+        by_stage.setdefault(dep, {}).setdefault(int(stage), {})[state] = int(n)
     rollouts = [_rollout(r, _counts(by_state.get(r.id, {})), by_stage.get(r.id, {})) for r in rows]
     return {"generated_at": _iso(datetime.now().astimezone()), "states": list(DEVICE_STATES),
             "counts": {s: sum(r["state"] == s for r in rollouts) for s in DEPLOYMENT_STATES},
