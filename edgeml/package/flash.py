@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -99,18 +100,15 @@ def _check_target(root: Path, force: bool) -> None:
                          "it (they are replaced; nothing else is touched)")
 
 
-def _write_state(dest: Path, bundle: Path) -> None:
-    """The state folder with ``bundle`` committed in slot a, built aside then renamed in."""
+@contextlib.contextmanager
+def _built_aside(dest: Path) -> Iterator[Path]:
+    """Yield an empty sibling folder to fill; on success it replaces ``dest`` by a rename
+    (fsynced), so ``dest`` is never half-written; on failure it is removed."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.flash-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        state = StateDir(tmp).open()
-        try:
-            seed_state(state, bundle)
-        finally:
-            state.close()
-        (tmp / "agent.lock").unlink()
+        yield tmp
         old = dest.parent / f".{dest.name}.old-{os.getpid()}"
         if dest.exists():
             os.rename(dest, old)
@@ -120,26 +118,28 @@ def _write_state(dest: Path, bundle: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _write_state(dest: Path, bundle: Path) -> None:
+    """The state folder with ``bundle`` committed in slot a, built aside then renamed in."""
+    with _built_aside(dest) as tmp:
+        state = StateDir(tmp).open()
+        try:
+            seed_state(state, bundle)
+        finally:
+            state.close()
+        (tmp / "agent.lock").unlink()
+
+
 def _write_wheels(dest: Path, bundle: Path) -> list[str]:
     with zipfile.ZipFile(bundle) as zf:
         names = sorted(n for n in zf.namelist() if n.startswith("wheels/") and n.endswith(".whl"))
         if not names:
             raise UsageError(f"{bundle} carries no offline wheels: package it with "
                              "`edgeml package MODEL --target T --offline`, or drop --wheels")
-        tmp = dest.parent / f".{dest.name}.flash-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        with _built_aside(dest) as tmp:
             tmp.mkdir(parents=True)
             for name in names:
                 with zf.open(name) as src, open(tmp / PurePosixPath(name).name, "wb") as out:
                     shutil.copyfileobj(src, out, 1 << 20)
-            old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-            if dest.exists():
-                os.rename(dest, old)
-            atomic_rename_dir(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return [PurePosixPath(n).name for n in names]
 
 
